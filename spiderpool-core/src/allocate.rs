@@ -1,0 +1,454 @@
+//! The allocation engine: one [`Request`] in, one [`Plan`] out.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::candidates::{
+    self, CandidateSource, InterfaceSelection, PoolCandidate, Rejection, SelectionError, Trial, Verdict,
+};
+use crate::catalog::PoolCatalog;
+use crate::pool::{Pool, PoolRoute};
+use crate::range::{IpVersion, to_u128};
+use crate::request::Request;
+use crate::state::{AllocationState, Change, HeldAddress, OwnerKey};
+use crate::subnet::Subnet;
+
+/// An address given to an interface, with what the interface needs to use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedAddress {
+    /// The pool it came from.
+    pub pool: String,
+    /// The address.
+    pub address: IpAddr,
+    /// The pool's subnet: the address's prefix length and on-link network.
+    pub subnet: Subnet,
+    /// The pool's gateway.
+    pub gateway: Option<IpAddr>,
+    /// The pool's routes.
+    pub routes: Vec<PoolRoute>,
+}
+
+impl fmt::Display for AssignedAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} from {}",
+            self.address,
+            self.subnet.prefix_len(),
+            self.pool
+        )
+    }
+}
+
+/// The addresses of one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddresses {
+    /// The interface.
+    pub interface: String,
+    /// Its addresses, IPv4 first.
+    pub addresses: Vec<AssignedAddress>,
+    /// Whether the interface carries the pod's default route, through its pools' gateways.
+    pub default_route: bool,
+}
+
+/// What an allocation decided: the addresses per interface and the changes to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Where the candidates came from; `None` when the addresses were already held.
+    pub source: Option<CandidateSource>,
+    /// Every interface the operation covers, the requested one among them. With the
+    /// `ipam.spidernet.io/ippools` annotation, that is every interface it lists.
+    pub interfaces: Vec<InterfaceAddresses>,
+    /// The changes to write atomically; empty when the addresses were already held.
+    pub changes: Vec<Change>,
+    /// The candidates tried per interface and family, up to the chosen one.
+    pub trials: Vec<Trial>,
+}
+
+impl Plan {
+    /// The addresses of one interface.
+    pub fn interface(&self, name: &str) -> Option<&InterfaceAddresses> {
+        self.interfaces.iter().find(|entry| entry.interface == name)
+    }
+
+    /// Whether the request was answered from addresses already held (a retried ADD).
+    pub fn is_replay(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// Why a request gets no addresses. Nothing is to be written in any case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocateError {
+    /// Candidates could not be listed, or a candidate is invalid.
+    #[error(transparent)]
+    Selection(#[from] SelectionError),
+    /// Every candidate of some interface and family was rejected or full.
+    #[error(transparent)]
+    NoPoolAvailable(Box<Unavailable>),
+    /// The owner holds an address in a pool that is no longer defined.
+    #[error(
+        "{who} already holds {address} for {interface} in pool {pool}, which is no longer defined; restore the pool or release the address"
+    )]
+    HeldInMissingPool {
+        /// Who asked.
+        who: String,
+        /// The interface.
+        interface: String,
+        /// The pool.
+        pool: String,
+        /// The address held.
+        address: IpAddr,
+    },
+}
+
+/// Every candidate of the interfaces and families that could not be served, with reasons.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no pool can serve {who} on node {node}: {}; free addresses, or add a pool that serves this node and name it", failed.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "))]
+pub struct Unavailable {
+    /// Who asked.
+    pub who: String,
+    /// The node.
+    pub node: String,
+    /// Each interface and family that failed, with every candidate and its reason.
+    pub failed: Vec<Trial>,
+}
+
+/// What [`explain`] found: every candidate with its verdict, and what an allocation would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// Every candidate of every interface and family, with its verdict.
+    pub trials: Vec<Trial>,
+    /// The plan an allocation would make now, or why it would fail.
+    pub outcome: Result<Plan, AllocateError>,
+}
+
+/// Decides the addresses for a request, changing nothing.
+///
+/// For each interface and family, candidates are tried in order and the first that accepts
+/// the request and has a free address wins. Dual-stack and multi-interface requests are all
+/// or nothing: any failure means no change at all. A request whose owner already holds
+/// addresses for the interface gets them again, with no change (idempotency per owner and
+/// interface). Within a pool, the address is the first free one after the pool's cursor,
+/// wrapping around, so a just-released address is not reused at once.
+///
+/// ```
+/// use spiderpool_core::*;
+/// let docs = parse_documents("
+/// {apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderIPPool, metadata: {name: test-ippool-6},
+///  spec: {subnet: 10.6.0.0/16, ips: [10.6.168.60-10.6.168.69], gateway: 10.6.0.1, nodeName: [controller-node-1]}}
+/// ---
+/// {apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderIPPool, metadata: {name: test-ippool-7},
+///  spec: {subnet: 10.7.0.0/16, ips: [10.7.168.60-10.7.168.69], gateway: 10.7.0.1, nodeName: [worker-node-1]}}
+/// ").unwrap();
+/// let catalog = PoolCatalog::from_documents(&docs);
+/// let mut state = InMemoryState::new();
+///
+/// let mut request = Request::new("c1", "eth0");
+/// request.pod.annotations.insert(
+///     annotations::POD_IPPOOL.into(),
+///     r#"{"ipv4": ["test-ippool-6", "test-ippool-7"]}"#.into(),
+/// );
+/// request.node.name = "worker-node-1".into();
+///
+/// let plan = allocate(&catalog, &state, &request).unwrap();
+/// let eth0 = plan.interface("eth0").unwrap();
+/// assert_eq!(eth0.addresses[0].to_string(), "10.7.168.60/16 from test-ippool-7");
+/// state.apply(&plan.changes).unwrap();
+///
+/// // Asking again returns the same address and changes nothing.
+/// let again = allocate(&catalog, &state, &request).unwrap();
+/// assert!(again.is_replay());
+/// assert_eq!(again.interface("eth0"), plan.interface("eth0"));
+/// ```
+pub fn allocate(
+    catalog: &PoolCatalog,
+    state: &impl AllocationState,
+    request: &Request,
+) -> Result<Plan, AllocateError> {
+    Engine {
+        catalog,
+        state,
+        request,
+        explain: false,
+    }
+    .run()
+    .1
+}
+
+/// Evaluates every candidate of a request, and what [`allocate`] would do now, changing
+/// nothing: the answer to "why does this pod get this address, or none?".
+pub fn explain(catalog: &PoolCatalog, state: &impl AllocationState, request: &Request) -> Explanation {
+    let (trials, outcome) = Engine {
+        catalog,
+        state,
+        request,
+        explain: true,
+    }
+    .run();
+    Explanation { trials, outcome }
+}
+
+/// The changes that release what `owner` holds: on one interface, or on all when `interface`
+/// is `None`. Empty when nothing is held, so releasing twice is harmless.
+///
+/// ```
+/// use spiderpool_core::{release, InMemoryState, OwnerKey};
+/// let state = InMemoryState::new();
+/// assert!(release(&state, &OwnerKey::Container("gone".into()), None).is_empty());
+/// ```
+pub fn release(state: &impl AllocationState, owner: &OwnerKey, interface: Option<&str>) -> Vec<Change> {
+    state
+        .held_by(owner)
+        .into_iter()
+        .filter(|held| interface.is_none_or(|name| held.holder.interface == name))
+        .map(|held| Change::Release {
+            pool: held.pool,
+            address: held.address,
+            holder: held.holder,
+        })
+        .collect()
+}
+
+struct Engine<'a, S> {
+    catalog: &'a PoolCatalog,
+    state: &'a S,
+    request: &'a Request,
+    explain: bool,
+}
+
+impl<S: AllocationState> Engine<'_, S> {
+    fn run(&self) -> (Vec<Trial>, Result<Plan, AllocateError>) {
+        let held = self.state.held_by(&self.request.owner());
+        let holds_requested = held.iter().any(|h| h.holder.interface == self.request.interface);
+        if holds_requested && !self.explain {
+            return (Vec::new(), self.replay(&held));
+        }
+        let selection = match candidates::select(self.catalog, self.request) {
+            Ok(selection) => selection,
+            // A retried request is answered from what is held, whatever the pools say now.
+            Err(_) if holds_requested => return (Vec::new(), self.replay(&held)),
+            Err(error) => return (Vec::new(), Err(error.into())),
+        };
+        let mut trials = Vec::new();
+        let mut failed = Vec::new();
+        let mut changes = Vec::new();
+        let mut interfaces = Vec::new();
+        for selected in &selection.interfaces {
+            let already: Vec<&HeldAddress> = held
+                .iter()
+                .filter(|h| h.holder.interface == selected.interface)
+                .collect();
+            if !already.is_empty() && !self.explain {
+                match self.held_addresses(selected, &already) {
+                    Ok(entry) => interfaces.push(entry),
+                    Err(error) => return (trials, Err(error)),
+                }
+                continue;
+            }
+            let mut addresses = Vec::new();
+            for (version, names) in &selected.families {
+                let trial = match self.try_candidates(&selected.interface, *version, names, &changes) {
+                    Ok(trial) => trial,
+                    Err(error) => return (trials, Err(error.into())),
+                };
+                let chosen = trial
+                    .candidates
+                    .iter()
+                    .find_map(|candidate| match candidate.verdict {
+                        Verdict::Chosen { address } => Some((candidate.pool.as_str(), address)),
+                        _ => None,
+                    });
+                match chosen {
+                    Some((pool_name, address)) => {
+                        let pool = self
+                            .catalog
+                            .pool(pool_name)
+                            .expect("a chosen pool is in the catalog");
+                        addresses.push(assigned(pool, address));
+                        changes.push(Change::Allocate {
+                            pool: pool_name.to_owned(),
+                            address,
+                            holder: self.request.holder(&selected.interface),
+                        });
+                    }
+                    None => failed.push(trial.clone()),
+                }
+                trials.push(trial);
+            }
+            interfaces.push(InterfaceAddresses {
+                interface: selected.interface.clone(),
+                addresses,
+                default_route: selected.default_route,
+            });
+        }
+        if !failed.is_empty() {
+            let unavailable = Unavailable {
+                who: self.request.who(),
+                node: self.request.node.name.clone(),
+                failed,
+            };
+            return (trials, Err(AllocateError::NoPoolAvailable(Box::new(unavailable))));
+        }
+        if holds_requested {
+            // Explaining a request that is already served: report what it holds.
+            return (trials, self.replay(&held));
+        }
+        let mut plan = Plan {
+            source: Some(selection.source),
+            interfaces,
+            changes,
+            trials: Vec::new(),
+        };
+        if self.explain {
+            (trials, Ok(plan))
+        } else {
+            plan.trials = trials;
+            (Vec::new(), Ok(plan))
+        }
+    }
+
+    /// Tries the candidates of one interface and family, in order.
+    fn try_candidates(
+        &self,
+        interface: &str,
+        version: IpVersion,
+        names: &[String],
+        pending: &[Change],
+    ) -> Result<Trial, SelectionError> {
+        let mut trial = Trial {
+            interface: interface.to_owned(),
+            version,
+            candidates: Vec::new(),
+        };
+        let mut chosen = false;
+        for (name, pattern) in candidates::expand(self.catalog, names, version) {
+            let verdict = match candidates::evaluate(self.catalog, self.request, interface, version, name)? {
+                Err(rejection) => Verdict::Rejected(rejection),
+                Ok(pool) => match next_free(self.state, pool, pending) {
+                    None => Verdict::Rejected(Rejection::Full {
+                        allocated: self.state.allocated_count(pool.name()),
+                        allocatable: pool.allocatable().len(),
+                    }),
+                    Some(address) if !chosen => {
+                        chosen = true;
+                        Verdict::Chosen { address }
+                    }
+                    Some(address) => Verdict::Usable { next_free: address },
+                },
+            };
+            trial.candidates.push(PoolCandidate {
+                pool: name.to_owned(),
+                pattern: pattern.map(str::to_owned),
+                verdict,
+            });
+            if chosen && !self.explain {
+                break;
+            }
+        }
+        Ok(trial)
+    }
+
+    /// The plan for a request whose owner already holds addresses for the interface.
+    fn replay(&self, held: &[HeldAddress]) -> Result<Plan, AllocateError> {
+        let selection = candidates::select(self.catalog, self.request).ok();
+        let mut interfaces: Vec<InterfaceAddresses> = Vec::new();
+        for entry in held {
+            let interface = &entry.holder.interface;
+            if interfaces.iter().any(|i| &i.interface == interface) {
+                continue;
+            }
+            let group: Vec<&HeldAddress> = held.iter().filter(|h| &h.holder.interface == interface).collect();
+            let selected = selection
+                .as_ref()
+                .and_then(|s| s.interfaces.iter().find(|i| &i.interface == interface))
+                .cloned()
+                .unwrap_or_else(|| InterfaceSelection {
+                    interface: interface.clone(),
+                    default_route: !self.request.network.clean_gateway,
+                    families: Vec::new(),
+                });
+            interfaces.push(self.held_addresses(&selected, &group)?);
+        }
+        Ok(Plan {
+            source: None,
+            interfaces,
+            changes: Vec::new(),
+            trials: Vec::new(),
+        })
+    }
+
+    fn held_addresses(
+        &self,
+        selected: &InterfaceSelection,
+        held: &[&HeldAddress],
+    ) -> Result<InterfaceAddresses, AllocateError> {
+        let mut addresses = Vec::with_capacity(held.len());
+        for entry in held {
+            let pool = self
+                .catalog
+                .pool(&entry.pool)
+                .ok_or_else(|| AllocateError::HeldInMissingPool {
+                    who: self.request.who(),
+                    interface: selected.interface.clone(),
+                    pool: entry.pool.clone(),
+                    address: entry.address,
+                })?;
+            addresses.push(assigned(pool, entry.address));
+        }
+        addresses.sort_by_key(|a| (IpVersion::of(a.address), a.address));
+        Ok(InterfaceAddresses {
+            interface: selected.interface.clone(),
+            addresses,
+            default_route: selected.default_route,
+        })
+    }
+}
+
+fn assigned(pool: &Pool, address: IpAddr) -> AssignedAddress {
+    AssignedAddress {
+        pool: pool.name().to_owned(),
+        address,
+        subnet: pool.subnet(),
+        gateway: pool.gateway(),
+        routes: pool.routes().to_vec(),
+    }
+}
+
+/// The first allocatable address of `pool` after its cursor, wrapping around, that is neither
+/// held nor already chosen by `pending` changes. O(log n) per held run skipped.
+pub(crate) fn next_free(state: &impl AllocationState, pool: &Pool, pending: &[Change]) -> Option<IpAddr> {
+    let set = pool.allocatable();
+    let version = pool.version();
+    let first = to_u128(set.first()?);
+    let after_cursor = state
+        .cursor(pool.name())
+        .filter(|cursor| IpVersion::of(*cursor) == version)
+        .and_then(|cursor| to_u128(cursor).checked_add(1))
+        .filter(|&start| start <= version.max_value())
+        .unwrap_or(first);
+    let search = |mut from: u128, limit: u128| -> Option<u128> {
+        loop {
+            let candidate = set.first_at_or_after(from).filter(|&c| c <= limit)?;
+            let unheld = to_u128(state.first_unheld_from(pool.name(), version.address(candidate))?);
+            if unheld > limit {
+                return None;
+            }
+            if unheld != candidate {
+                // `candidate` starts a held run; continue after it.
+                from = unheld;
+                continue;
+            }
+            let taken = pending
+                .iter()
+                .any(|change| change.pool() == pool.name() && change.address() == version.address(candidate));
+            if !taken {
+                return Some(candidate);
+            }
+            from = candidate.checked_add(1)?;
+        }
+    };
+    search(after_cursor, version.max_value())
+        .or_else(|| after_cursor.checked_sub(1).and_then(|limit| search(first, limit)))
+        .map(|value| version.address(value))
+}

@@ -1,0 +1,275 @@
+//! Usage figures and Spiderpool's `status` of a pool, derived from the allocation state, and
+//! the tables users read them in.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::allocate::next_free;
+use crate::catalog::{CatalogEntry, PoolCatalog};
+use crate::model::IPPoolStatus;
+use crate::pool::Pool;
+use crate::range::{IpRange, IpSet};
+use crate::state::AllocationState;
+
+/// How much of a pool is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Spiderpool's `totalIPCount`: `ips` minus `excludeIPs`.
+    pub total: u128,
+    /// Addresses held.
+    pub allocated: u64,
+    /// Addresses that may be handed out: `total` minus reserved addresses.
+    pub allocatable: u128,
+    /// Allocatable addresses nobody holds.
+    pub free: u128,
+    /// The address the next allocation from this pool would get.
+    pub next_free: Option<IpAddr>,
+}
+
+/// The usage of a pool. Addresses held outside what the pool may hand out now (reserved
+/// after allocation, or dropped from `ips`) count as allocated but not against `free`.
+///
+/// ```
+/// use spiderpool_core::*;
+/// let docs = parse_documents("{apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderIPPool,
+///   metadata: {name: p}, spec: {subnet: 10.6.0.0/16, ips: [10.6.168.60-10.6.168.69]}}").unwrap();
+/// let catalog = PoolCatalog::from_documents(&docs);
+/// let usage = usage(catalog.pool("p").unwrap(), &InMemoryState::new());
+/// assert_eq!((usage.total, usage.allocated, usage.free), (10, 0, 10));
+/// assert_eq!(usage.next_free, Some("10.6.168.60".parse().unwrap()));
+/// ```
+pub fn usage(pool: &Pool, state: &impl AllocationState) -> PoolUsage {
+    let version = pool.version();
+    let family = IpSet::from_ranges(version, [IpRange::from_bounds(version, 0, version.max_value())])
+        .expect("a family range is of its family");
+    let held_outside: u128 = family
+        .difference(pool.allocatable())
+        .ranges()
+        .map(|range| state.held_count_in(pool.name(), range))
+        .sum();
+    let allocated = state.allocated_count(pool.name());
+    let held_inside = u128::from(allocated).saturating_sub(held_outside);
+    PoolUsage {
+        total: pool.total_count(),
+        allocated,
+        allocatable: pool.allocatable().len(),
+        free: pool.allocatable().len().saturating_sub(held_inside),
+        next_free: next_free(state, pool, &[]),
+    }
+}
+
+/// One entry of Spiderpool's `status.allocatedIPs` JSON: who holds an address.
+///
+/// `pod` and `podUid` are Spiderpool's keys; `interface` (as older Spiderpool versions wrote)
+/// and `containerID` are added, and readers that do not know them ignore them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocationRecord {
+    /// `namespace/name` of the pod; empty for containers without pod identity.
+    #[serde(default)]
+    pub pod: String,
+    /// The pod's UID; empty when unknown.
+    #[serde(default)]
+    pub pod_uid: String,
+    /// The interface.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub interface: String,
+    /// The container (sandbox) ID.
+    #[serde(default, rename = "containerID", skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+}
+
+/// Spiderpool's `status` of a pool: `allocatedIPs` as JSON text (absent when nothing is
+/// allocated, as Spiderpool writes it), `allocatedIPCount`, and `totalIPCount` capped at
+/// `i64::MAX`.
+pub fn pool_status(pool: &Pool, state: &impl AllocationState) -> IPPoolStatus {
+    let records: BTreeMap<String, AllocationRecord> = state
+        .allocations(pool.name())
+        .into_iter()
+        .map(|(address, holder)| {
+            let record = AllocationRecord {
+                pod: holder.pod.as_ref().map(ToString::to_string).unwrap_or_default(),
+                pod_uid: match &holder.owner {
+                    crate::state::OwnerKey::Pod(uid) => uid.clone(),
+                    crate::state::OwnerKey::Container(_) => String::new(),
+                },
+                interface: holder.interface,
+                container_id: holder.container_id,
+            };
+            (address.to_string(), record)
+        })
+        .collect();
+    let count = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+    IPPoolStatus {
+        allocated_ip_count: Some(count(records.len() as u128)),
+        allocated_ips: (!records.is_empty())
+            .then(|| serde_json::to_string(&records).expect("records serialize to JSON")),
+        total_ip_count: Some(count(pool.total_count())),
+    }
+}
+
+/// Reads `status.allocatedIPs` JSON text, as Spiderpool or [`pool_status`] wrote it.
+///
+/// ```
+/// use spiderpool_core::parse_allocated_ips;
+/// let records = parse_allocated_ips(r#"{"10.6.168.65":{"pod":"default/test-app-j9ftl","podUid":"u1"}}"#).unwrap();
+/// assert_eq!(records[&"10.6.168.65".parse().unwrap()].pod, "default/test-app-j9ftl");
+/// ```
+pub fn parse_allocated_ips(text: &str) -> Result<BTreeMap<IpAddr, AllocationRecord>, AllocatedIpsError> {
+    let raw: BTreeMap<String, AllocationRecord> =
+        serde_json::from_str(text).map_err(|err| AllocatedIpsError::Json(err.to_string()))?;
+    raw.into_iter()
+        .map(|(key, record)| match key.parse::<IpAddr>() {
+            Ok(address) => Ok((address, record)),
+            Err(_) => Err(AllocatedIpsError::BadAddress(key)),
+        })
+        .collect()
+}
+
+/// `status.allocatedIPs` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocatedIpsError {
+    /// Not the expected JSON shape.
+    #[error("status.allocatedIPs: not a JSON object of address to {{\"pod\", \"podUid\"}}: {0}")]
+    Json(String),
+    /// A key is not an address.
+    #[error("status.allocatedIPs: key {0:?} is not an IP address")]
+    BadAddress(String),
+}
+
+/// One line of `kubectl get spiderippool`, plus what `-o wide` adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRow {
+    /// NAME.
+    pub name: String,
+    /// VERSION: 4 or 6, empty for an invalid pool whose family is unknown.
+    pub version: String,
+    /// SUBNET, as written.
+    pub subnet: String,
+    /// ALLOCATED-IP-COUNT.
+    pub allocated: u64,
+    /// TOTAL-IP-COUNT.
+    pub total: u128,
+    /// DEFAULT.
+    pub default: bool,
+    /// DISABLE.
+    pub disable: bool,
+    /// FREE (wide).
+    pub free: u128,
+    /// NEXT-FREE (wide).
+    pub next_free: Option<IpAddr>,
+    /// Why the pool is refused, if it is.
+    pub invalid: Option<String>,
+}
+
+/// The rows of every pool of the catalog, by name; refused pools show what could be read.
+pub fn pool_rows(catalog: &PoolCatalog, state: &impl AllocationState) -> Vec<PoolRow> {
+    catalog
+        .entries()
+        .map(|(name, entry)| match entry {
+            CatalogEntry::Valid(pool) => {
+                let usage = usage(pool, state);
+                PoolRow {
+                    name: name.to_owned(),
+                    version: pool.version().number().to_string(),
+                    subnet: pool.subnet().to_string(),
+                    allocated: usage.allocated,
+                    total: usage.total,
+                    default: pool.is_default(),
+                    disable: pool.is_disabled(),
+                    free: usage.free,
+                    next_free: usage.next_free,
+                    invalid: None,
+                }
+            }
+            CatalogEntry::Invalid {
+                version,
+                default,
+                error,
+            } => PoolRow {
+                name: name.to_owned(),
+                version: version.map(|v| v.number().to_string()).unwrap_or_default(),
+                subnet: String::new(),
+                allocated: state.allocated_count(name),
+                total: 0,
+                default: *default,
+                disable: false,
+                free: 0,
+                next_free: None,
+                invalid: Some(error.to_string()),
+            },
+        })
+        .collect()
+}
+
+/// Renders rows as `kubectl get` does: upper-case headers, columns left-aligned and
+/// separated by three spaces, no trailing spaces.
+///
+/// ```
+/// use spiderpool_core::render_table;
+/// let text = render_table(&["NAME", "IP"], &[vec!["a".into(), "10.6.168.60".into()]]);
+/// assert_eq!(text, "NAME   IP\na      10.6.168.60\n");
+/// ```
+pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (index, cell) in cells.enumerate() {
+            if index > 0 {
+                text.push_str("   ");
+            }
+            text.push_str(&format!("{cell:<width$}", width = widths[index]));
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// The `kubectl get spiderippool` table; `wide` adds FREE and NEXT-FREE.
+pub fn render_pool_table(rows: &[PoolRow], wide: bool) -> String {
+    let mut headers = vec![
+        "NAME",
+        "VERSION",
+        "SUBNET",
+        "ALLOCATED-IP-COUNT",
+        "TOTAL-IP-COUNT",
+        "DEFAULT",
+        "DISABLE",
+    ];
+    if wide {
+        headers.extend(["FREE", "NEXT-FREE"]);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let mut cells = vec![
+                row.name.clone(),
+                row.version.clone(),
+                row.subnet.clone(),
+                row.allocated.to_string(),
+                row.total.to_string(),
+                row.default.to_string(),
+                row.disable.to_string(),
+            ];
+            if wide {
+                cells.push(row.free.to_string());
+                cells.push(row.next_free.map_or_else(|| "<none>".into(), |a| a.to_string()));
+            }
+            cells
+        })
+        .collect();
+    render_table(&headers, &cells)
+}
