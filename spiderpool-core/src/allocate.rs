@@ -325,7 +325,7 @@ impl<S: AllocationState> Engine<'_, S> {
         for (name, pattern) in candidates::expand(self.catalog, names, version) {
             let verdict = match candidates::evaluate(self.catalog, self.request, interface, version, name)? {
                 Err(rejection) => Verdict::Rejected(rejection),
-                Ok(pool) => match next_free(self.state, pool, pending) {
+                Ok(pool) => match next_free_besides(self.state, pool, pending) {
                     None => Verdict::Rejected(Rejection::Full {
                         allocated: self.state.allocated_count(pool.name()),
                         allocatable: pool.allocatable().len(),
@@ -415,9 +415,29 @@ fn assigned(pool: &Pool, address: IpAddr) -> AssignedAddress {
     }
 }
 
-/// The first allocatable address of `pool` after its cursor, wrapping around, that is neither
-/// held nor already chosen by `pending` changes. O(log n) per held run skipped.
-pub(crate) fn next_free(state: &impl AllocationState, pool: &Pool, pending: &[Change]) -> Option<IpAddr> {
+/// The address the next allocation from `pool` gets: the first allocatable address after the
+/// pool's cursor, wrapping around, that nobody holds. `None` when the pool is full.
+///
+/// Costs O(log n) per run of held addresses skipped, never O(pool size).
+///
+/// ```
+/// use spiderpool_core::*;
+/// let docs = parse_documents("{apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderIPPool,
+///   metadata: {name: p}, spec: {subnet: 10.0.0.0/8, ips: [10.0.0.1-10.255.255.254]}}").unwrap();
+/// let catalog = PoolCatalog::from_documents(&docs);
+/// let pool = catalog.pool("p").unwrap();
+/// assert_eq!(next_free(&InMemoryState::new(), pool), Some("10.0.0.1".parse().unwrap()));
+/// ```
+pub fn next_free(state: &impl AllocationState, pool: &Pool) -> Option<IpAddr> {
+    next_free_besides(state, pool, &[])
+}
+
+/// [`next_free`], also skipping addresses that `pending` changes allocate.
+pub(crate) fn next_free_besides(
+    state: &impl AllocationState,
+    pool: &Pool,
+    pending: &[Change],
+) -> Option<IpAddr> {
     let set = pool.allocatable();
     let version = pool.version();
     let first = to_u128(set.first()?);

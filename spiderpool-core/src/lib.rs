@@ -73,7 +73,7 @@ mod subnet;
 
 pub use allocate::{
     AllocateError, AssignedAddress, Explanation, InterfaceAddresses, Plan, Unavailable, allocate, explain,
-    release,
+    next_free, release,
 };
 pub use annotations::{AnnotationError, InterfaceIppools, PodIppool, parse_pod_ippools, parse_pool_list};
 pub use candidates::{CandidateSource, PoolCandidate, Rejection, SelectionError, Trial, Verdict};

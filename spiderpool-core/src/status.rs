@@ -56,7 +56,7 @@ pub fn usage(pool: &Pool, state: &impl AllocationState) -> PoolUsage {
         allocated,
         allocatable: pool.allocatable().len(),
         free: pool.allocatable().len().saturating_sub(held_inside),
-        next_free: next_free(state, pool, &[]),
+        next_free: next_free(state, pool),
     }
 }
 

@@ -1,0 +1,1 @@
+//! Reference model and invariant checks of spiderpool-core (being written).
