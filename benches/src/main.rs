@@ -1,1 +1,2 @@
+//! Allocation-throughput harness (being written).
 fn main() {}

@@ -101,17 +101,19 @@ impl InMemoryState {
         hasher.finish()
     }
 
-    /// The holder of `address` in `pool` after the changes before it in a batch.
-    fn holder_in_batch(&self, batch: &[Change], pool: &str, address: IpAddr) -> Option<Holder> {
-        for change in batch.iter().rev() {
-            if change.pool() == pool && change.address() == address {
-                return match change {
-                    Change::Allocate { holder, .. } => Some(holder.clone()),
-                    Change::Release { .. } => None,
-                };
-            }
+    /// Whether `address` in `pool` is held (by `holder`, when given) in the stored state.
+    fn stored_is_held(&self, pool: &str, address: IpAddr, holder: Option<&Holder>) -> bool {
+        let Some(ledger) = self
+            .ledger(pool)
+            .filter(|l| l.version == Some(IpVersion::of(address)))
+        else {
+            return false;
+        };
+        match (ledger.held.get(&to_u128(address)), holder) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(packed), Some(holder)) => *packed == PackedHolder::pack(holder),
         }
-        self.holder(pool, address)
     }
 
     /// Applies changes atomically: every change is checked against the state left by the ones
@@ -119,16 +121,26 @@ impl InMemoryState {
     pub fn apply(&mut self, changes: &[Change]) -> Result<(), ApplyError> {
         for (index, change) in changes.iter().enumerate() {
             let (pool, address) = (change.pool(), change.address());
-            let current = self.holder_in_batch(&changes[..index], pool, address);
-            match (change, current) {
-                (Change::Allocate { .. }, Some(holder)) => {
-                    return Err(ApplyError::AlreadyHeld {
-                        pool: pool.into(),
-                        address,
-                        holder: Box::new(holder),
-                    });
-                }
-                (Change::Allocate { .. }, None) => {
+            // The latest earlier change of this batch to the same address decides its state.
+            let earlier = changes[..index]
+                .iter()
+                .rev()
+                .find(|c| c.pool() == pool && c.address() == address);
+            match change {
+                Change::Allocate { .. } => {
+                    let held = match earlier {
+                        Some(Change::Allocate { holder, .. }) => Some(holder.clone()),
+                        Some(Change::Release { .. }) => None,
+                        None if self.stored_is_held(pool, address, None) => self.holder(pool, address),
+                        None => None,
+                    };
+                    if let Some(holder) = held {
+                        return Err(ApplyError::AlreadyHeld {
+                            pool: pool.into(),
+                            address,
+                            holder: Box::new(holder),
+                        });
+                    }
                     let version = self.ledger(pool).and_then(|l| l.version).or_else(|| {
                         changes[..index]
                             .iter()
@@ -142,8 +154,16 @@ impl InMemoryState {
                         });
                     }
                 }
-                (Change::Release { holder, .. }, current) => {
-                    if current.as_ref() != Some(holder) {
+                Change::Release { holder, .. } => {
+                    let held_by_holder = match earlier {
+                        Some(Change::Allocate {
+                            holder: earlier_holder,
+                            ..
+                        }) => earlier_holder == holder,
+                        Some(Change::Release { .. }) => false,
+                        None => self.stored_is_held(pool, address, Some(holder)),
+                    };
+                    if !held_by_holder {
                         return Err(ApplyError::NotHeldBy {
                             pool: pool.into(),
                             address,
