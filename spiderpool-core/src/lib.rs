@@ -66,6 +66,7 @@ mod model;
 mod pool;
 mod range;
 mod request;
+pub mod scenario;
 mod selector;
 mod state;
 mod status;
