@@ -112,7 +112,7 @@ impl InMemoryState {
         match (ledger.held.get(&to_u128(address)), holder) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(packed), Some(holder)) => *packed == PackedHolder::pack(holder),
+            (Some(packed), Some(holder)) => packed.is(holder),
         }
     }
 
@@ -384,22 +384,19 @@ const TAG_HEX: u8 = 3;
 impl PackedHolder {
     fn pack(holder: &Holder) -> PackedHolder {
         let mut bytes = Vec::with_capacity(96);
-        let (kind, id) = match &holder.owner {
-            OwnerKey::Pod(uid) => (0u8, uid),
-            OwnerKey::Container(id) => (1u8, id),
-        };
-        bytes.push(kind);
-        put_text(&mut bytes, id);
-        put_text(&mut bytes, &holder.interface);
-        match &holder.pod {
-            Some(pod) => {
-                put_text(&mut bytes, &pod.namespace);
-                put_text(&mut bytes, &pod.name);
-            }
-            None => bytes.push(TAG_ABSENT),
-        }
-        put_text(&mut bytes, &holder.container_id);
+        encode(holder, &mut bytes);
         PackedHolder(bytes.into_boxed_slice())
+    }
+
+    /// Whether this is `holder` packed, without allocating.
+    fn is(&self, holder: &Holder) -> bool {
+        let mut comparer = Comparer {
+            expected: &self.0,
+            position: 0,
+            equal: true,
+        };
+        encode(holder, &mut comparer);
+        comparer.equal && comparer.position == self.0.len()
     }
 
     fn unpack(&self) -> Holder {
@@ -443,33 +440,79 @@ fn is_lower_hex(text: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn hex_bytes(hex: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    let digit = |b: u8| {
+/// Pairs of lower-case hex digits as bytes.
+fn hex_bytes(mut digits: impl Iterator<Item = u8>) -> impl Iterator<Item = u8> {
+    let value = |b: u8| {
         if b.is_ascii_digit() {
             b - b'0'
         } else {
             b - b'a' + 10
         }
     };
-    hex.chunks_exact(2)
-        .map(move |pair| digit(pair[0]) << 4 | digit(pair[1]))
+    std::iter::from_fn(move || Some(value(digits.next()?) << 4 | value(digits.next()?)))
 }
 
-fn put_text(out: &mut Vec<u8>, text: &str) {
+/// Where an encoding goes: a buffer, or a comparison with an existing encoding.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+struct Comparer<'a> {
+    expected: &'a [u8],
+    position: usize,
+    equal: bool,
+}
+
+impl Sink for Comparer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.position + bytes.len();
+        self.equal = self.equal && self.expected.get(self.position..end) == Some(bytes);
+        self.position = end;
+    }
+}
+
+fn encode(holder: &Holder, out: &mut impl Sink) {
+    let (kind, id) = match &holder.owner {
+        OwnerKey::Pod(uid) => (0u8, uid),
+        OwnerKey::Container(id) => (1u8, id),
+    };
+    out.put(&[kind]);
+    put_text(out, id);
+    put_text(out, &holder.interface);
+    match &holder.pod {
+        Some(pod) => {
+            put_text(out, &pod.namespace);
+            put_text(out, &pod.name);
+        }
+        None => out.put(&[TAG_ABSENT]),
+    }
+    put_text(out, &holder.container_id);
+}
+
+fn put_text(out: &mut impl Sink, text: &str) {
     if is_uuid(text) {
-        out.push(TAG_UUID);
-        let digits: Vec<u8> = text.bytes().filter(|&b| b != b'-').collect();
-        out.extend(hex_bytes(&digits));
+        out.put(&[TAG_UUID]);
+        for byte in hex_bytes(text.bytes().filter(|&b| b != b'-')) {
+            out.put(&[byte]);
+        }
     } else if is_lower_hex(text) {
-        out.push(TAG_HEX);
-        out.extend_from_slice(&((text.len() / 2) as u16).to_le_bytes());
-        out.extend(hex_bytes(text.as_bytes()));
+        out.put(&[TAG_HEX]);
+        out.put(&((text.len() / 2) as u16).to_le_bytes());
+        for byte in hex_bytes(text.bytes()) {
+            out.put(&[byte]);
+        }
     } else {
         // Kubernetes names, interface names and container IDs are far below 64 KiB.
         let length = u16::try_from(text.len()).expect("holder fields are shorter than 64 KiB");
-        out.push(TAG_TEXT);
-        out.extend_from_slice(&length.to_le_bytes());
-        out.extend_from_slice(text.as_bytes());
+        out.put(&[TAG_TEXT]);
+        out.put(&length.to_le_bytes());
+        out.put(text.as_bytes());
     }
 }
 
@@ -551,8 +594,15 @@ mod tests {
                 "eth0",
             ),
         ];
-        for case in cases {
-            assert_eq!(PackedHolder::pack(&case).unpack(), case);
+        for (index, case) in cases.iter().enumerate() {
+            let packed = PackedHolder::pack(case);
+            assert_eq!(&packed.unpack(), case);
+            assert!(packed.is(case));
+            let others = cases.iter().enumerate().filter(|(other, _)| *other != index);
+            assert!(others.clone().all(|(_, other)| !packed.is(other)), "{case:?}");
+            let mut longer = case.clone();
+            longer.container_id.push('0');
+            assert!(!packed.is(&longer));
         }
         let typical = PackedHolder::pack(&holder(
             OwnerKey::Pod("6f1c2e44-6a1b-4c0e-9d7e-2f5a8b3c1d00".into()),
