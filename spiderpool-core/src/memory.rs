@@ -119,13 +119,21 @@ impl InMemoryState {
     /// Applies changes atomically: every change is checked against the state left by the ones
     /// before it, and if any fails, nothing is changed.
     pub fn apply(&mut self, changes: &[Change]) -> Result<(), ApplyError> {
+        // The latest earlier change of the batch to an address decides its state. Plans are a
+        // few changes long and scanned; bulk batches (a GC sweep) get an index.
+        let indexed = changes.len() > 16;
+        let mut latest: BTreeMap<(&str, IpAddr), &Change> = BTreeMap::new();
+        let mut new_pools: Vec<(&str, IpVersion)> = Vec::new();
         for (index, change) in changes.iter().enumerate() {
             let (pool, address) = (change.pool(), change.address());
-            // The latest earlier change of this batch to the same address decides its state.
-            let earlier = changes[..index]
-                .iter()
-                .rev()
-                .find(|c| c.pool() == pool && c.address() == address);
+            let earlier = if indexed {
+                latest.insert((pool, address), change)
+            } else {
+                changes[..index]
+                    .iter()
+                    .rev()
+                    .find(|c| c.pool() == pool && c.address() == address)
+            };
             match change {
                 Change::Allocate { .. } => {
                     let held = match earlier {
@@ -141,13 +149,18 @@ impl InMemoryState {
                             holder: Box::new(holder),
                         });
                     }
-                    let version = self.ledger(pool).and_then(|l| l.version).or_else(|| {
-                        changes[..index]
-                            .iter()
-                            .find(|c| c.pool() == pool)
-                            .map(|c| IpVersion::of(c.address()))
-                    });
-                    if version.is_some_and(|v| v != IpVersion::of(address)) {
+                    // A pool's family is fixed by its first allocation, stored or in this batch.
+                    let version = match self.ledger(pool).and_then(|l| l.version) {
+                        Some(version) => version,
+                        None => match new_pools.iter().find(|(name, _)| *name == pool) {
+                            Some(&(_, version)) => version,
+                            None => {
+                                new_pools.push((pool, IpVersion::of(address)));
+                                IpVersion::of(address)
+                            }
+                        },
+                    };
+                    if version != IpVersion::of(address) {
                         return Err(ApplyError::WrongFamily {
                             pool: pool.into(),
                             address,
@@ -679,6 +692,32 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ApplyError::WrongFamily { .. }));
         assert_eq!(state.held_by(&a.owner).len(), 1);
+    }
+
+    #[test]
+    fn a_bulk_batch_is_checked_against_itself() {
+        let mut state = InMemoryState::new();
+        let a = holder(OwnerKey::Pod("a".into()), "eth0");
+        let address = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let allocate = |i| Change::Allocate {
+            pool: "p".into(),
+            address: address(i),
+            holder: a.clone(),
+        };
+        let release = |i| Change::Release {
+            pool: "p".into(),
+            address: address(i),
+            holder: a.clone(),
+        };
+        let mut batch: Vec<Change> = (0..20).map(allocate).collect();
+        batch.push(allocate(3));
+        assert!(matches!(state.apply(&batch), Err(ApplyError::AlreadyHeld { .. })));
+        assert_eq!(state.allocated_count("p"), 0);
+        batch.pop();
+        batch.extend([release(3), allocate(3), release(4)]);
+        state.apply(&batch).unwrap();
+        assert_eq!(state.allocated_count("p"), 19);
+        assert_eq!(state.first_unheld_from("p", address(0)), Some(address(4)));
     }
 
     #[test]
