@@ -201,7 +201,7 @@ pub fn release(state: &impl AllocationState, owner: &OwnerKey, interface: Option
     state
         .held_by(owner)
         .into_iter()
-        .filter(|held| interface.is_none_or(|name| held.holder.interface == name))
+        .filter(|held| interface.is_none_or(|name| held.holder.interface() == name))
         .map(|held| Change::Release {
             pool: held.pool,
             address: held.address,
@@ -220,7 +220,9 @@ struct Engine<'a, S> {
 impl<S: AllocationState> Engine<'_, S> {
     fn run(&self) -> (Vec<Trial>, Result<Plan, AllocateError>) {
         let held = self.state.held_by(&self.request.owner());
-        let holds_requested = held.iter().any(|h| h.holder.interface == self.request.interface);
+        let holds_requested = held
+            .iter()
+            .any(|h| h.holder.interface() == self.request.interface);
         if holds_requested && !self.explain {
             return (Vec::new(), self.replay(&held));
         }
@@ -237,7 +239,7 @@ impl<S: AllocationState> Engine<'_, S> {
         for selected in &selection.interfaces {
             let already: Vec<&HeldAddress> = held
                 .iter()
-                .filter(|h| h.holder.interface == selected.interface)
+                .filter(|h| h.holder.interface() == selected.interface)
                 .collect();
             if !already.is_empty() && !self.explain {
                 match self.held_addresses(selected, &already) {
@@ -354,14 +356,17 @@ impl<S: AllocationState> Engine<'_, S> {
         let selection = candidates::select(self.catalog, self.request).ok();
         let mut interfaces: Vec<InterfaceAddresses> = Vec::new();
         for entry in held {
-            let interface = &entry.holder.interface;
-            if interfaces.iter().any(|i| &i.interface == interface) {
+            let interface = entry.holder.interface();
+            if interfaces.iter().any(|i| i.interface == interface) {
                 continue;
             }
-            let group: Vec<&HeldAddress> = held.iter().filter(|h| &h.holder.interface == interface).collect();
+            let group: Vec<&HeldAddress> = held
+                .iter()
+                .filter(|h| h.holder.interface() == interface)
+                .collect();
             let selected = selection
                 .as_ref()
-                .and_then(|s| s.interfaces.iter().find(|i| &i.interface == interface))
+                .and_then(|s| s.interfaces.iter().find(|i| i.interface == interface))
                 .cloned()
                 .unwrap_or_else(|| InterfaceSelection {
                     interface: interface.clone(),

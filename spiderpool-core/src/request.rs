@@ -151,12 +151,12 @@ impl Request {
 
     /// The holder recorded for an address of `interface`.
     pub(crate) fn holder(&self, interface: &str) -> Holder {
-        Holder {
-            owner: self.owner(),
-            interface: interface.to_owned(),
-            pod: self.pod_ref(),
-            container_id: self.container_id.clone(),
-        }
+        Holder::new(
+            &self.owner(),
+            interface,
+            self.pod_ref().as_ref(),
+            &self.container_id,
+        )
     }
 
     /// Who is asking, for messages: `pod ns/name` or `container ID`.

@@ -49,24 +49,232 @@ impl fmt::Display for PodRef {
     }
 }
 
-/// Who holds an address: the owner, on which interface, and for which pod and container.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Holder {
-    /// The idempotency key.
-    pub owner: OwnerKey,
+/// Who holds an address: the owner (the idempotency key), the interface, and the pod and
+/// container of the attachment.
+///
+/// A pool keeps one holder per address, so a holder is one packed allocation (canonical
+/// UUIDs and lower-case hex IDs in binary, under 90 bytes for a Kubernetes pod); storing,
+/// copying and comparing it are byte operations, and the accessors decode fields.
+///
+/// ```
+/// use spiderpool_core::{Holder, OwnerKey, PodRef};
+/// let pod = PodRef { namespace: "default".into(), name: "test-app-j9ftl".into() };
+/// let owner = OwnerKey::Pod("1d3e5a7c-6f0b-4d2a-9c8e-0b1a2c3d4e5f".into());
+/// let holder = Holder::new(&owner, "eth0", Some(&pod), "c0ffee");
+/// assert_eq!(holder.owner(), owner);
+/// assert_eq!(holder.pod(), Some(pod));
+/// assert_eq!(holder.to_string(), "pod default/test-app-j9ftl (eth0)");
+/// assert!(holder.is_owned_by(&owner));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Holder(Box<[u8]>);
+
+// The packed form: a kind byte (0 pod, 1 container), then the fields owner ID, interface,
+// pod namespace and name (or one TAG_ABSENT), container ID, each tagged with its form.
+const TAG_ABSENT: u8 = 0;
+const TAG_TEXT: u8 = 1;
+const TAG_UUID: u8 = 2;
+const TAG_HEX: u8 = 3;
+
+impl Holder {
+    /// The holder of an attachment.
+    pub fn new(owner: &OwnerKey, interface: &str, pod: Option<&PodRef>, container_id: &str) -> Holder {
+        let mut fields: Vec<Option<&str>> = vec![Some(interface)];
+        match pod {
+            Some(pod) => fields.extend([Some(pod.namespace.as_str()), Some(pod.name.as_str())]),
+            None => fields.push(None),
+        }
+        fields.push(Some(container_id));
+        let mut bytes = Vec::with_capacity(96);
+        put_owner(&mut bytes, owner);
+        for field in fields {
+            match field {
+                Some(text) => put_text(&mut bytes, text),
+                None => bytes.push(TAG_ABSENT),
+            }
+        }
+        Holder(bytes.into_boxed_slice())
+    }
+
+    fn fields(&self) -> Fields<'_> {
+        Fields(&self.0[1..])
+    }
+
+    /// The owner: the idempotency key.
+    pub fn owner(&self) -> OwnerKey {
+        let id = self.fields().next().flatten().unwrap_or_default();
+        if self.0[0] == 0 {
+            OwnerKey::Pod(id)
+        } else {
+            OwnerKey::Container(id)
+        }
+    }
+
+    /// Whether `owner` is this holder's owner, comparing packed bytes.
+    pub fn is_owned_by(&self, owner: &OwnerKey) -> bool {
+        self.owner_prefix() == Holder::packed_owner(owner)
+    }
+
     /// The interface the address is for.
-    pub interface: String,
+    pub fn interface(&self) -> String {
+        self.fields().nth(1).flatten().unwrap_or_default()
+    }
+
     /// The pod, when known.
-    pub pod: Option<PodRef>,
+    pub fn pod(&self) -> Option<PodRef> {
+        let mut fields = self.fields().skip(2);
+        let namespace = fields.next().flatten()?;
+        let name = fields.next().flatten().unwrap_or_default();
+        Some(PodRef { namespace, name })
+    }
+
     /// The container (sandbox) ID of the attachment.
-    pub container_id: String,
+    pub fn container_id(&self) -> String {
+        self.fields().last().flatten().unwrap_or_default()
+    }
+
+    /// The packed bytes of an owner: the prefix of every holder it owns.
+    pub(crate) fn packed_owner(owner: &OwnerKey) -> Vec<u8> {
+        let mut packed = Vec::with_capacity(40);
+        put_owner(&mut packed, owner);
+        packed
+    }
+
+    /// The packed bytes of this holder's owner: the kind byte and the first field.
+    pub(crate) fn owner_prefix(&self) -> &[u8] {
+        let field = &self.0[1..];
+        let length = match field[0] {
+            TAG_TEXT => 3 + usize::from(u16::from_le_bytes([field[1], field[2]])),
+            TAG_UUID => 17,
+            TAG_HEX => 2 + usize::from(field[1]),
+            _ => 1,
+        };
+        &self.0[..1 + length]
+    }
+}
+
+fn put_owner(out: &mut Vec<u8>, owner: &OwnerKey) {
+    let (kind, id) = match owner {
+        OwnerKey::Pod(uid) => (0, uid),
+        OwnerKey::Container(id) => (1, id),
+    };
+    out.push(kind);
+    put_text(out, id);
+}
+
+/// One text field: a canonical UUID as 16 bytes, lower-case hex of up to 64 digits as bytes
+/// (with a length byte), anything else as it is (with a two-byte length).
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    let mut scratch = [0u8; 32];
+    if bytes.len() == 36 && [8, 13, 18, 23].iter().all(|&i| bytes[i] == b'-') {
+        let digits: Vec<u8> = bytes.iter().copied().filter(|&b| b != b'-').collect();
+        if decode_hex(&digits, &mut scratch[..16]) {
+            out.push(TAG_UUID);
+            out.extend_from_slice(&scratch[..16]);
+            return;
+        }
+    }
+    let half = bytes.len() / 2;
+    if !bytes.is_empty()
+        && bytes.len().is_multiple_of(2)
+        && half <= scratch.len()
+        && decode_hex(bytes, &mut scratch[..half])
+    {
+        out.extend_from_slice(&[TAG_HEX, half as u8]);
+        out.extend_from_slice(&scratch[..half]);
+        return;
+    }
+    // Kubernetes names, interface names and container IDs are far below 64 KiB.
+    let length = u16::try_from(bytes.len()).expect("holder fields are shorter than 64 KiB");
+    out.push(TAG_TEXT);
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The value of each lower-case hex digit; 0xff for every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        table[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    table
+};
+
+/// Decodes pairs of lower-case hex digits into `out`; false at the first other character.
+fn decode_hex(digits: &[u8], out: &mut [u8]) -> bool {
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let (high, low) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+        if (high | low) == 0xff {
+            return false;
+        }
+        *byte = high << 4 | low;
+    }
+    true
+}
+
+/// The text fields of a packed holder, in order; `None` for an absent pod.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take(&mut self, count: usize) -> &[u8] {
+        let (head, rest) = self.0.split_at(count);
+        self.0 = rest;
+        head
+    }
+}
+
+impl Iterator for Fields<'_> {
+    type Item = Option<String>;
+
+    fn next(&mut self) -> Option<Option<String>> {
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let tag = *self.0.first()?;
+        self.take(1);
+        Some(match tag {
+            TAG_ABSENT => None,
+            TAG_TEXT => {
+                let length = self.take(2);
+                let length = usize::from(u16::from_le_bytes([length[0], length[1]]));
+                Some(String::from_utf8_lossy(self.take(length)).into_owned())
+            }
+            TAG_UUID => {
+                let digits = hex(self.take(16));
+                Some(format!(
+                    "{}-{}-{}-{}-{}",
+                    &digits[..8],
+                    &digits[8..12],
+                    &digits[12..16],
+                    &digits[16..20],
+                    &digits[20..]
+                ))
+            }
+            _ => {
+                let length = usize::from(self.take(1)[0]);
+                Some(hex(self.take(length)))
+            }
+        })
+    }
+}
+
+impl fmt::Debug for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Holder")
+            .field("owner", &self.owner())
+            .field("interface", &self.interface())
+            .field("pod", &self.pod())
+            .field("container_id", &self.container_id())
+            .finish()
+    }
 }
 
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.pod, &self.owner) {
-            (Some(pod), _) => write!(f, "pod {pod} ({})", self.interface),
-            (None, owner) => write!(f, "{owner} ({})", self.interface),
+        match self.pod() {
+            Some(pod) => write!(f, "pod {pod} ({})", self.interface()),
+            None => write!(f, "{} ({})", self.owner(), self.interface()),
         }
     }
 }
@@ -150,4 +358,94 @@ pub trait AllocationState {
     /// Every allocation of `pool`, in address order. Used for listings and status, not for
     /// allocation.
     fn allocations(&self, pool: &str) -> Vec<(IpAddr, Holder)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of a holder, decoded.
+    fn fields(holder: &Holder) -> (OwnerKey, String, Option<PodRef>, String) {
+        (
+            holder.owner(),
+            holder.interface(),
+            holder.pod(),
+            holder.container_id(),
+        )
+    }
+
+    #[test]
+    fn holders_keep_every_field_exactly() {
+        let pod = PodRef {
+            namespace: "default".into(),
+            name: "test-app-j9ftl".into(),
+        };
+        let container = "4bd8f0f1c0a3e2b5d6c7a8b9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9";
+        let cases: Vec<(OwnerKey, String, Option<PodRef>, String)> = vec![
+            (
+                OwnerKey::Pod("6f1c2e44-6a1b-4c0e-9d7e-2f5a8b3c1d00".into()),
+                "eth0".into(),
+                Some(pod.clone()),
+                container.into(),
+            ),
+            (
+                OwnerKey::Container("Not-Hex_ID".into()),
+                "net1".into(),
+                None,
+                "ABCDEF".into(),
+            ),
+            (
+                OwnerKey::Container("abc".into()),
+                String::new(),
+                None,
+                String::new(),
+            ),
+            (
+                OwnerKey::Pod("6F1C2E44-6A1B-4C0E-9D7E-2F5A8B3C1D00".into()),
+                "eth0".into(),
+                Some(pod.clone()),
+                "ab".into(),
+            ),
+            (
+                OwnerKey::Pod("6f1c2e44-6a1b-4c0e-9d7e-2f5a8b3c1d0g".into()),
+                "eth0".into(),
+                Some(pod.clone()),
+                "0".into(),
+            ),
+            (
+                OwnerKey::Container("0123456789abcdef".repeat(4)),
+                "ab".repeat(33),
+                None,
+                "ab".repeat(32),
+            ),
+            (
+                OwnerKey::Container("a".repeat(300)),
+                "eth".repeat(50),
+                Some(pod.clone()),
+                "x".repeat(200),
+            ),
+        ];
+        let holders: Vec<Holder> = cases
+            .iter()
+            .map(|(owner, interface, pod, container)| Holder::new(owner, interface, pod.as_ref(), container))
+            .collect();
+        for (index, (holder, case)) in holders.iter().zip(&cases).enumerate() {
+            assert_eq!(&fields(holder), case);
+            assert!(holder.is_owned_by(&case.0));
+            for (other_index, other) in holders.iter().enumerate() {
+                assert_eq!(holder == other, index == other_index, "{holder:?} vs {other:?}");
+            }
+        }
+        let typical = Holder::new(&cases[0].0, "eth0", Some(&pod), container);
+        assert!(typical.0.len() <= 90, "{} bytes", typical.0.len());
+    }
+
+    #[test]
+    fn an_owner_is_not_mistaken_for_a_longer_one() {
+        let short = OwnerKey::Container("ab".into());
+        let long = OwnerKey::Container("abcd".into());
+        let holder = Holder::new(&long, "eth0", None, "c");
+        assert!(!holder.is_owned_by(&short));
+        assert!(!holder.is_owned_by(&OwnerKey::Pod("abcd".into())));
+    }
 }

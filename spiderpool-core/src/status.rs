@@ -90,13 +90,13 @@ pub fn pool_status(pool: &Pool, state: &impl AllocationState) -> IPPoolStatus {
         .into_iter()
         .map(|(address, holder)| {
             let record = AllocationRecord {
-                pod: holder.pod.as_ref().map(ToString::to_string).unwrap_or_default(),
-                pod_uid: match &holder.owner {
-                    crate::state::OwnerKey::Pod(uid) => uid.clone(),
+                pod: holder.pod().map(|pod| pod.to_string()).unwrap_or_default(),
+                pod_uid: match holder.owner() {
+                    crate::state::OwnerKey::Pod(uid) => uid,
                     crate::state::OwnerKey::Container(_) => String::new(),
                 },
-                interface: holder.interface,
-                container_id: holder.container_id,
+                interface: holder.interface(),
+                container_id: holder.container_id(),
             };
             (address.to_string(), record)
         })
