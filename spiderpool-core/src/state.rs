@@ -79,20 +79,17 @@ const TAG_HEX: u8 = 3;
 impl Holder {
     /// The holder of an attachment.
     pub fn new(owner: &OwnerKey, interface: &str, pod: Option<&PodRef>, container_id: &str) -> Holder {
-        let mut fields: Vec<Option<&str>> = vec![Some(interface)];
-        match pod {
-            Some(pod) => fields.extend([Some(pod.namespace.as_str()), Some(pod.name.as_str())]),
-            None => fields.push(None),
-        }
-        fields.push(Some(container_id));
-        let mut bytes = Vec::with_capacity(96);
+        let mut bytes = Vec::with_capacity(128);
         put_owner(&mut bytes, owner);
-        for field in fields {
-            match field {
-                Some(text) => put_text(&mut bytes, text),
-                None => bytes.push(TAG_ABSENT),
+        put_text(&mut bytes, interface);
+        match pod {
+            Some(pod) => {
+                put_text(&mut bytes, &pod.namespace);
+                put_text(&mut bytes, &pod.name);
             }
+            None => bytes.push(TAG_ABSENT),
         }
+        put_text(&mut bytes, container_id);
         Holder(bytes.into_boxed_slice())
     }
 
@@ -168,7 +165,19 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     let mut scratch = [0u8; 32];
     if bytes.len() == 36 && [8, 13, 18, 23].iter().all(|&i| bytes[i] == b'-') {
-        let digits: Vec<u8> = bytes.iter().copied().filter(|&b| b != b'-').collect();
+        let mut digits = [0u8; 32];
+        let groups = [
+            &bytes[0..8],
+            &bytes[9..13],
+            &bytes[14..18],
+            &bytes[19..23],
+            &bytes[24..],
+        ];
+        let mut at = 0;
+        for group in groups {
+            digits[at..at + group.len()].copy_from_slice(group);
+            at += group.len();
+        }
         if decode_hex(&digits, &mut scratch[..16]) {
             out.push(TAG_UUID);
             out.extend_from_slice(&scratch[..16]);
