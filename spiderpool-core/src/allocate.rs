@@ -459,18 +459,18 @@ pub(crate) fn next_free_besides(
             if unheld > limit {
                 return None;
             }
-            if unheld != candidate {
-                // `candidate` starts a held run; continue after it.
+            if !set.contains_value(unheld) {
+                // The held run ends in a gap of the pool's addresses: continue after the gap.
                 from = unheld;
                 continue;
             }
             let taken = pending
                 .iter()
-                .any(|change| change.pool() == pool.name() && change.address() == version.address(candidate));
+                .any(|change| change.pool() == pool.name() && change.address() == version.address(unheld));
             if !taken {
-                return Some(candidate);
+                return Some(unheld);
             }
-            from = candidate.checked_add(1)?;
+            from = unheld.checked_add(1)?;
         }
     };
     search(after_cursor, version.max_value())

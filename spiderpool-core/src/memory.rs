@@ -374,19 +374,32 @@ impl Runs {
 
     fn insert(&mut self, value: u128) {
         debug_assert!(self.containing(value).is_none());
-        // A run starting right after `value` is absorbed; one ending right before is extended.
-        let end = value
-            .checked_add(1)
-            .and_then(|next| self.0.remove(&next))
-            .unwrap_or(value);
-        if let Some(previous) = value.checked_sub(1)
-            && let Some((_, previous_end)) = self.0.range_mut(..=previous).next_back()
-            && *previous_end == previous
-        {
-            *previous_end = end;
-            return;
+        // One search finds both neighbours: the last run starting at or before value + 1,
+        // and the run before it.
+        let next = value.checked_add(1);
+        let mut runs = self.0.range_mut(..=next.unwrap_or(value));
+        let extends = |run: Option<(&u128, &mut u128)>, new_end: u128| match run {
+            Some((_, end)) if end.checked_add(1) == Some(value) => {
+                *end = new_end;
+                true
+            }
+            _ => false,
+        };
+        match runs.next_back() {
+            Some((&start, &mut end)) if Some(start) == next => {
+                // A run starts right after `value`: absorb it.
+                let extended = extends(runs.next_back(), end);
+                self.0.remove(&start);
+                if !extended {
+                    self.0.insert(value, end);
+                }
+            }
+            last => {
+                if !extends(last, value) {
+                    self.0.insert(value, value);
+                }
+            }
         }
-        self.0.insert(value, end);
     }
 
     fn remove(&mut self, value: u128) {
@@ -456,6 +469,35 @@ mod tests {
         let mut top = Runs::default();
         top.insert(u128::MAX);
         assert_eq!(top.first_unheld_from(u128::MAX), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn runs_agree_with_a_plain_set(ops in proptest::collection::vec((proptest::bool::ANY, 0u128..40), 0..200)) {
+            let mut runs = Runs::default();
+            let mut held = std::collections::BTreeSet::new();
+            for (insert, value) in ops {
+                if insert && held.insert(value) {
+                    runs.insert(value);
+                } else if !insert && held.remove(&value) {
+                    runs.remove(value);
+                }
+                // Runs are maximal: disjoint, non-adjacent, and exactly the held values.
+                let mut covered = Vec::new();
+                let mut previous_end: Option<u128> = None;
+                for (&start, &end) in &runs.0 {
+                    proptest::prop_assert!(start <= end);
+                    proptest::prop_assert!(previous_end.is_none_or(|p| p + 1 < start));
+                    previous_end = Some(end);
+                    covered.extend(start..=end);
+                }
+                proptest::prop_assert_eq!(covered, held.iter().copied().collect::<Vec<_>>());
+                for probe in 0..42 {
+                    let expected = (probe..).find(|v| !held.contains(v));
+                    proptest::prop_assert_eq!(runs.first_unheld_from(probe), expected);
+                }
+            }
+        }
     }
 
     #[test]
