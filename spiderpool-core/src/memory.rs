@@ -2,7 +2,9 @@
 //! reference the property tests hold other implementations to.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry as HashEntry;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use crate::range::{IpRange, IpVersion, to_u128};
@@ -32,8 +34,7 @@ use crate::state::{AllocationState, Change, HeldAddress, Holder, OwnerKey};
 pub struct InMemoryState {
     ids: BTreeMap<String, u32>,
     pools: Vec<PoolLedger>,
-    /// (hash of the owner key, pool id, address): finds an owner's addresses in O(log n).
-    owners: BTreeSet<(u64, u32, u128)>,
+    owners: OwnerIndex,
 }
 
 #[derive(Debug, Clone)]
@@ -87,20 +88,6 @@ impl InMemoryState {
 
     fn ledger(&self, pool: &str) -> Option<&PoolLedger> {
         self.ids.get(pool).map(|&id| &self.pools[id as usize])
-    }
-
-    /// A deterministic hash of a packed owner (FxHash's mixing, 8 bytes a step); collisions
-    /// are resolved by comparing the stored holder.
-    fn owner_hash(packed_owner: &[u8]) -> u64 {
-        const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mix = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(SEED);
-        packed_owner
-            .chunks(8)
-            .fold(packed_owner.len() as u64, |hash, chunk| {
-                let mut word = [0u8; 8];
-                word[..chunk.len()].copy_from_slice(chunk);
-                mix(hash, u64::from_le_bytes(word))
-            })
     }
 
     /// Whether `address` in `pool` is held (by `holder`, when given) in the stored state.
@@ -237,8 +224,7 @@ impl InMemoryState {
                 ledger.version = Some(version);
                 ledger.runs.insert(value);
                 ledger.cursor = Some(value);
-                self.owners
-                    .insert((Self::owner_hash(holder.owner_prefix()), id, value));
+                self.owners.insert(owner_hash(holder.owner_prefix()), id, value);
             }
             Change::Release { holder, .. } => {
                 let not_held = || ApplyError::NotHeldBy {
@@ -260,8 +246,7 @@ impl InMemoryState {
                     _ => return Err(not_held()),
                 }
                 ledger.runs.remove(value);
-                self.owners
-                    .remove(&(Self::owner_hash(holder.owner_prefix()), id, value));
+                self.owners.remove(owner_hash(holder.owner_prefix()), id, value);
             }
         }
         Ok(())
@@ -323,11 +308,10 @@ impl AllocationState for InMemoryState {
 
     fn held_by(&self, owner: &OwnerKey) -> Vec<HeldAddress> {
         let packed_owner = Holder::packed_owner(owner);
-        let hash = Self::owner_hash(&packed_owner);
         let mut found: Vec<HeldAddress> = self
             .owners
-            .range((hash, 0, 0)..=(hash, u32::MAX, u128::MAX))
-            .filter_map(|&(_, id, value)| {
+            .get(owner_hash(&packed_owner))
+            .filter_map(|(id, value)| {
                 let ledger = &self.pools[id as usize];
                 let holder = ledger.held.get(&value)?;
                 // Hashes may collide: keep only this owner's records.
@@ -355,6 +339,106 @@ impl AllocationState for InMemoryState {
             .iter()
             .map(|(&value, holder)| (version.address(value), holder.clone()))
             .collect()
+    }
+}
+
+/// A deterministic hash of a packed owner (FxHash's mixing, 8 bytes a step); collisions are
+/// resolved by comparing the stored holder.
+fn owner_hash(packed_owner: &[u8]) -> u64 {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    let mix = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(SEED);
+    packed_owner
+        .chunks(8)
+        .fold(packed_owner.len() as u64, |hash, chunk| {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            mix(hash, u64::from_le_bytes(word))
+        })
+}
+
+/// The addresses held under each owner hash, as (pool id, address). A hash map, so a change
+/// costs one probe wherever the owner's key falls, not a walk down a tree.
+#[derive(Debug, Clone, Default)]
+struct OwnerIndex(HashMap<u64, Owned, BuildHasherDefault<PassThrough>>);
+
+/// Most owners hold one address per hash; dual-stack and multi-interface owners a few more.
+/// Addresses are big-endian bytes and the few are a boxed slice, which keeps an entry at 24
+/// bytes (a u128 would align it to 48).
+#[derive(Debug, Clone)]
+enum Owned {
+    One((u32, [u8; 16])),
+    Many(Box<[(u32, [u8; 16])]>),
+}
+
+impl OwnerIndex {
+    fn insert(&mut self, hash: u64, pool: u32, value: u128) {
+        let entry = (pool, value.to_be_bytes());
+        match self.0.entry(hash) {
+            HashEntry::Vacant(slot) => {
+                slot.insert(Owned::One(entry));
+            }
+            HashEntry::Occupied(mut slot) => match slot.get_mut() {
+                Owned::One(first) => {
+                    let first = *first;
+                    slot.insert(Owned::Many(Box::new([first, entry])));
+                }
+                Owned::Many(entries) => {
+                    let grown: Box<[_]> = entries.iter().copied().chain([entry]).collect();
+                    *entries = grown;
+                }
+            },
+        }
+    }
+
+    fn remove(&mut self, hash: u64, pool: u32, value: u128) {
+        let entry = (pool, value.to_be_bytes());
+        let HashEntry::Occupied(mut slot) = self.0.entry(hash) else {
+            return;
+        };
+        match slot.get_mut() {
+            Owned::One(only) if *only == entry => {
+                slot.remove();
+            }
+            Owned::One(_) => {}
+            Owned::Many(entries) => {
+                let kept: Box<[_]> = entries.iter().copied().filter(|e| *e != entry).collect();
+                match kept[..] {
+                    [last] => {
+                        slot.insert(Owned::One(last));
+                    }
+                    _ => *entries = kept,
+                }
+            }
+        }
+    }
+
+    fn get(&self, hash: u64) -> impl Iterator<Item = (u32, u128)> + '_ {
+        let entries: &[(u32, [u8; 16])] = match self.0.get(&hash) {
+            None => &[],
+            Some(Owned::One(only)) => std::slice::from_ref(only),
+            Some(Owned::Many(entries)) => entries,
+        };
+        entries
+            .iter()
+            .map(|&(pool, address)| (pool, u128::from_be_bytes(address)))
+    }
+}
+
+/// The owner index's keys are already mixed hashes: the map uses them as they are.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = owner_hash(bytes);
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
     }
 }
 
@@ -498,6 +582,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_owner_index_keeps_every_address_under_its_hash() {
+        let mut index = OwnerIndex::default();
+        index.insert(7, 0, 10);
+        index.insert(7, 1, 20);
+        index.insert(7, 0, 11);
+        index.insert(9, 0, 10);
+        let mut under_seven: Vec<(u32, u128)> = index.get(7).collect();
+        under_seven.sort();
+        assert_eq!(under_seven, [(0, 10), (0, 11), (1, 20)]);
+        index.remove(7, 1, 20);
+        index.remove(7, 0, 10);
+        assert_eq!(index.get(7).collect::<Vec<_>>(), [(0, 11)]);
+        index.remove(7, 0, 99);
+        index.remove(7, 0, 11);
+        assert_eq!(index.get(7).count(), 0);
+        assert_eq!(index.get(9).collect::<Vec<_>>(), [(0, 10)]);
+        assert_eq!(index.0.len(), 1);
+        // A bucket is the 8-byte key and a 32-byte entry.
+        assert_eq!(std::mem::size_of::<(u64, Owned)>(), 32);
     }
 
     #[test]

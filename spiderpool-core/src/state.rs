@@ -75,6 +75,16 @@ const TAG_ABSENT: u8 = 0;
 const TAG_TEXT: u8 = 1;
 const TAG_UUID: u8 = 2;
 const TAG_HEX: u8 = 3;
+/// A text length byte saying that two length bytes follow.
+const LONG_TEXT: u8 = 255;
+
+/// How many bytes a text field's length takes, and the length, from its first length byte on.
+fn text_length(bytes: &[u8]) -> (usize, usize) {
+    match bytes[0] {
+        LONG_TEXT => (3, usize::from(u16::from_le_bytes([bytes[1], bytes[2]]))),
+        short => (1, usize::from(short)),
+    }
+}
 
 impl Holder {
     /// The holder of an attachment.
@@ -141,7 +151,10 @@ impl Holder {
     pub(crate) fn owner_prefix(&self) -> &[u8] {
         let field = &self.0[1..];
         let length = match field[0] {
-            TAG_TEXT => 3 + usize::from(u16::from_le_bytes([field[1], field[2]])),
+            TAG_TEXT => {
+                let (prefix, length) = text_length(&field[1..]);
+                1 + prefix + length
+            }
             TAG_UUID => 17,
             TAG_HEX => 2 + usize::from(field[1]),
             _ => 1,
@@ -160,7 +173,7 @@ fn put_owner(out: &mut Vec<u8>, owner: &OwnerKey) {
 }
 
 /// One text field: a canonical UUID as 16 bytes, lower-case hex of up to 64 digits as bytes
-/// (with a length byte), anything else as it is (with a two-byte length).
+/// (with a length byte), anything else as it is (with its length).
 fn put_text(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     let mut scratch = [0u8; 32];
@@ -194,10 +207,17 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
         out.extend_from_slice(&scratch[..half]);
         return;
     }
-    // Kubernetes names, interface names and container IDs are far below 64 KiB.
+    // One length byte below 255, else 255 and two bytes: Kubernetes names, interface names and
+    // container IDs are far below 64 KiB.
     let length = u16::try_from(bytes.len()).expect("holder fields are shorter than 64 KiB");
     out.push(TAG_TEXT);
-    out.extend_from_slice(&length.to_le_bytes());
+    match u8::try_from(length) {
+        Ok(short) if short < LONG_TEXT => out.push(short),
+        _ => {
+            out.push(LONG_TEXT);
+            out.extend_from_slice(&length.to_le_bytes());
+        }
+    }
     out.extend_from_slice(bytes);
 }
 
@@ -245,8 +265,8 @@ impl Iterator for Fields<'_> {
         Some(match tag {
             TAG_ABSENT => None,
             TAG_TEXT => {
-                let length = self.take(2);
-                let length = usize::from(u16::from_le_bytes([length[0], length[1]]));
+                let (prefix, length) = text_length(self.0);
+                self.take(prefix);
                 Some(String::from_utf8_lossy(self.take(length)).into_owned())
             }
             TAG_UUID => {
@@ -432,6 +452,12 @@ mod tests {
                 "eth".repeat(50),
                 Some(pod.clone()),
                 "x".repeat(200),
+            ),
+            (
+                OwnerKey::Container("y".repeat(254)),
+                "z".repeat(255),
+                None,
+                "w".repeat(256),
             ),
         ];
         let holders: Vec<Holder> = cases
