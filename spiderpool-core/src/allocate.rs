@@ -4,7 +4,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::candidates::{
-    self, CandidateSource, InterfaceSelection, PoolCandidate, Rejection, SelectionError, Trial, Verdict,
+    self, CandidateSource, InterfaceSelection, PoolCandidate, Rejection, Selection, SelectionError, Trial,
+    Verdict,
 };
 use crate::catalog::PoolCatalog;
 use crate::pool::{Pool, PoolRoute};
@@ -223,15 +224,20 @@ impl<S: AllocationState> Engine<'_, S> {
         let holds_requested = held
             .iter()
             .any(|h| h.holder.interface() == self.request.interface);
-        if holds_requested && !self.explain {
-            return (Vec::new(), self.replay(&held));
-        }
         let selection = match candidates::select(self.catalog, self.request) {
-            Ok(selection) => selection,
+            Ok(selection) => Some(selection),
             // A retried request is answered from what is held, whatever the pools say now.
-            Err(_) if holds_requested => return (Vec::new(), self.replay(&held)),
+            Err(_) if holds_requested => None,
             Err(error) => return (Vec::new(), Err(error.into())),
         };
+        if holds_requested {
+            let trials = match (&selection, self.explain) {
+                (Some(selection), true) => self.held_trials(selection),
+                _ => Vec::new(),
+            };
+            return (trials, self.replay(&held, selection.as_ref()));
+        }
+        let selection = selection.expect("selection failures returned above");
         let mut trials = Vec::new();
         let mut failed = Vec::new();
         let mut changes = Vec::new();
@@ -241,16 +247,20 @@ impl<S: AllocationState> Engine<'_, S> {
                 .iter()
                 .filter(|h| h.holder.interface() == selected.interface)
                 .collect();
-            if !already.is_empty() && !self.explain {
+            if !already.is_empty() {
+                // Another interface of a multi-interface request, served earlier.
                 match self.held_addresses(selected, &already) {
                     Ok(entry) => interfaces.push(entry),
                     Err(error) => return (trials, Err(error)),
+                }
+                if self.explain {
+                    trials.extend(self.held_trials_of(selected));
                 }
                 continue;
             }
             let mut addresses = Vec::new();
             for (version, names) in &selected.families {
-                let trial = match self.try_candidates(&selected.interface, *version, names, &changes) {
+                let trial = match self.try_candidates(&selected.interface, *version, names, &changes, true) {
                     Ok(trial) => trial,
                     Err(error) => return (trials, Err(error.into())),
                 };
@@ -292,10 +302,6 @@ impl<S: AllocationState> Engine<'_, S> {
             };
             return (trials, Err(AllocateError::NoPoolAvailable(Box::new(unavailable))));
         }
-        if holds_requested {
-            // Explaining a request that is already served: report what it holds.
-            return (trials, self.replay(&held));
-        }
         let mut plan = Plan {
             source: Some(selection.source),
             interfaces,
@@ -310,6 +316,27 @@ impl<S: AllocationState> Engine<'_, S> {
         }
     }
 
+    /// The verdicts of every interface of a request that is already served. Nothing is chosen:
+    /// pools that could serve show their next free address.
+    fn held_trials(&self, selection: &Selection) -> Vec<Trial> {
+        selection
+            .interfaces
+            .iter()
+            .flat_map(|selected| self.held_trials_of(selected))
+            .collect()
+    }
+
+    fn held_trials_of(&self, selected: &InterfaceSelection) -> Vec<Trial> {
+        selected
+            .families
+            .iter()
+            .filter_map(|(version, names)| {
+                self.try_candidates(&selected.interface, *version, names, &[], false)
+                    .ok()
+            })
+            .collect()
+    }
+
     /// Tries the candidates of one interface and family, in order.
     fn try_candidates(
         &self,
@@ -317,13 +344,15 @@ impl<S: AllocationState> Engine<'_, S> {
         version: IpVersion,
         names: &[String],
         pending: &[Change],
+        choose: bool,
     ) -> Result<Trial, SelectionError> {
         let mut trial = Trial {
             interface: interface.to_owned(),
             version,
             candidates: Vec::new(),
         };
-        let mut chosen = false;
+        // An interface that already holds addresses has nothing to choose.
+        let mut chosen = !choose;
         for (name, pattern) in candidates::expand(self.catalog, names, version) {
             let verdict = match candidates::evaluate(self.catalog, self.request, interface, version, name)? {
                 Err(rejection) => Verdict::Rejected(rejection),
@@ -352,8 +381,7 @@ impl<S: AllocationState> Engine<'_, S> {
     }
 
     /// The plan for a request whose owner already holds addresses for the interface.
-    fn replay(&self, held: &[HeldAddress]) -> Result<Plan, AllocateError> {
-        let selection = candidates::select(self.catalog, self.request).ok();
+    fn replay(&self, held: &[HeldAddress], selection: Option<&Selection>) -> Result<Plan, AllocateError> {
         let mut interfaces: Vec<InterfaceAddresses> = Vec::new();
         for entry in held {
             let interface = entry.holder.interface();
@@ -365,7 +393,6 @@ impl<S: AllocationState> Engine<'_, S> {
                 .filter(|h| h.holder.interface() == interface)
                 .collect();
             let selected = selection
-                .as_ref()
                 .and_then(|s| s.interfaces.iter().find(|i| i.interface == interface))
                 .cloned()
                 .unwrap_or_else(|| InterfaceSelection {
