@@ -1,7 +1,6 @@
 //! The in-memory allocation state: what tests, benchmarks and embedding programs use, and the
 //! reference the property tests hold other implementations to.
 
-use std::collections::btree_map::Entry;
 use std::collections::hash_map::Entry as HashEntry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -12,7 +11,7 @@ use crate::state::{AllocationState, Change, HeldAddress, Holder, OwnerKey};
 
 /// Allocation state held in memory.
 ///
-/// Memory grows with allocations, never with pool size: per pool, a B-tree of held addresses,
+/// Memory grows with allocations, never with pool size: per pool, a hash map of held addresses,
 /// a B-tree of maximal runs of held addresses (so the next unheld address is found in
 /// O(log n) however full the pool is), one packed [`Holder`] per held address, and one owner
 /// index for all pools.
@@ -42,7 +41,7 @@ struct PoolLedger {
     name: String,
     /// Fixed by the first allocation; a pool holds addresses of one family.
     version: Option<IpVersion>,
-    held: BTreeMap<u128, Holder>,
+    held: HashMap<u128, Holder, BuildHasherDefault<AddressHasher>>,
     runs: Runs,
     cursor: Option<u128>,
 }
@@ -210,14 +209,14 @@ impl InMemoryState {
                     });
                 }
                 match ledger.held.entry(value) {
-                    Entry::Occupied(current) => {
+                    HashEntry::Occupied(current) => {
                         return Err(ApplyError::AlreadyHeld {
                             pool: pool.into(),
                             address,
                             holder: Box::new(current.get().clone()),
                         });
                     }
-                    Entry::Vacant(slot) => {
+                    HashEntry::Vacant(slot) => {
                         slot.insert(holder.clone());
                     }
                 }
@@ -240,7 +239,7 @@ impl InMemoryState {
                     return Err(not_held());
                 }
                 match ledger.held.entry(value) {
-                    Entry::Occupied(current) if current.get() == holder => {
+                    HashEntry::Occupied(current) if current.get() == holder => {
                         current.remove();
                     }
                     _ => return Err(not_held()),
@@ -258,7 +257,7 @@ impl InMemoryState {
         self.pools.push(PoolLedger {
             name: pool.to_owned(),
             version: None,
-            held: BTreeMap::new(),
+            held: HashMap::default(),
             runs: Runs::default(),
             cursor: None,
         });
@@ -334,10 +333,15 @@ impl AllocationState for InMemoryState {
         let Some(version) = ledger.version else {
             return Vec::new();
         };
-        ledger
+        let mut allocations: Vec<(u128, &Holder)> = ledger
             .held
             .iter()
-            .map(|(&value, holder)| (version.address(value), holder.clone()))
+            .map(|(&value, holder)| (value, holder))
+            .collect();
+        allocations.sort_unstable_by_key(|&(value, _)| value);
+        allocations
+            .into_iter()
+            .map(|(value, holder)| (version.address(value), holder.clone()))
             .collect()
     }
 }
@@ -421,6 +425,29 @@ impl OwnerIndex {
         entries
             .iter()
             .map(|&(pool, address)| (pool, u128::from_be_bytes(address)))
+    }
+}
+
+/// Spreads addresses over a hash map's buckets (murmur3's 64-bit finalizer over both halves):
+/// fixed and deterministic, and every bit of the address reaches the low bits the map uses, so
+/// addresses spaced by a power of two do not collide.
+#[derive(Debug, Clone, Copy, Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = owner_hash(bytes);
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        let mut x = (value as u64) ^ ((value >> 64) as u64).rotate_left(29);
+        x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x = (x ^ (x >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        self.0 = x ^ (x >> 33);
     }
 }
 
