@@ -400,36 +400,11 @@ fn check_pool_shape(text: &str, pool: &Pool) -> Result<(), Failure> {
 fn seed_catalog() -> &'static PoolCatalog {
     static CATALOG: OnceLock<PoolCatalog> = OnceLock::new();
     CATALOG.get_or_init(|| {
-        let documents = parse_documents(SEED_YAML).expect("the seed YAML parses");
+        let documents =
+            parse_documents(spiderpool_core::scenario::NETWORK_ZONES_YAML).expect("the seed YAML parses");
         PoolCatalog::from_documents(&documents)
     })
 }
-
-/// The two pools of `reference/network-zones.md`, unchanged.
-pub const SEED_YAML: &str = "apiVersion: spiderpool.spidernet.io/v2beta1
-kind: SpiderIPPool
-metadata:
-  name: test-ippool-6
-spec:
-  subnet: 10.6.0.0/16
-  ips:
-  - 10.6.168.60-10.6.168.69
-  gateway: 10.6.0.1
-  nodeName:
-  - controller-node-1
----
-apiVersion: spiderpool.spidernet.io/v2beta1
-kind: SpiderIPPool
-metadata:
-  name: test-ippool-7
-spec:
-  subnet: 10.7.0.0/16
-  ips:
-  - 10.7.168.60-10.7.168.69
-  gateway: 10.7.0.1
-  nodeName:
-  - worker-node-1
-";
 
 /// Annotation values: each parser refuses with its own annotation's name or returns names
 /// that are never empty and that re-serialize to the same value; a request carrying the value

@@ -396,31 +396,7 @@ impl fmt::Display for Resource {
 mod tests {
     use super::*;
 
-    const SEED: &str = "
-apiVersion: spiderpool.spidernet.io/v2beta1
-kind: SpiderIPPool
-metadata:
-  name: test-ippool-6
-spec:
-  subnet: 10.6.0.0/16
-  ips:
-  - 10.6.168.60-10.6.168.69
-  gateway: 10.6.0.1
-  nodeName:
-  - controller-node-1
----
-apiVersion: spiderpool.spidernet.io/v2beta1
-kind: SpiderIPPool
-metadata:
-  name: test-ippool-7
-spec:
-  subnet: 10.7.0.0/16
-  ips:
-  - 10.7.168.60-10.7.168.69
-  gateway: 10.7.0.1
-  nodeName:
-  - worker-node-1
-";
+    const SEED: &str = crate::scenario::NETWORK_ZONES_YAML;
 
     #[test]
     fn the_seed_yaml_is_read_unchanged() {
