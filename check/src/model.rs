@@ -115,6 +115,9 @@ pub struct Grant {
     pub interfaces: Vec<InterfaceView>,
     /// New allocations: pool, address, interface; sorted.
     pub changes: Vec<(String, IpAddr, String)>,
+    /// Held addresses whose records move to the request's sandbox: pool, address, interface;
+    /// sorted.
+    pub transfers: Vec<(String, IpAddr, String)>,
     /// The candidates tried, in order.
     pub trials: Vec<TrialView>,
 }
@@ -150,6 +153,7 @@ fn normalize(mut grant: Grant) -> Grant {
             .sort_by_key(|(_, address)| (address.is_ipv6(), *address));
     }
     grant.changes.sort();
+    grant.transfers.sort();
     grant
 }
 
@@ -169,6 +173,7 @@ pub fn observe(request: &Request, result: &Result<Plan, AllocateError>) -> Resul
         Err(error) => return Ok(Err(refusal_of(error))),
     };
     let mut changes = Vec::new();
+    let mut transfers = Vec::new();
     for change in &plan.changes {
         match change {
             spiderpool_core::Change::Allocate {
@@ -182,6 +187,19 @@ pub fn observe(request: &Request, result: &Result<Plan, AllocateError>) -> Resul
                     ));
                 }
                 changes.push((pool.clone(), *address, holder.interface()));
+            }
+            spiderpool_core::Change::Transfer {
+                pool,
+                address,
+                from,
+                to,
+            } => {
+                if *to != request_holder(&to.interface()) || from.owner() != to.owner() || from == to {
+                    return Err(format!(
+                        "the plan moves {address} from {from:?} to {to:?}, not to the request's sandbox"
+                    ));
+                }
+                transfers.push((pool.clone(), *address, to.interface()));
             }
             other => return Err(format!("an allocation plan releases: {other:?}")),
         }
@@ -203,6 +221,7 @@ pub fn observe(request: &Request, result: &Result<Plan, AllocateError>) -> Resul
         source: plan.source,
         interfaces,
         changes,
+        transfers,
         trials: plan.trials.iter().map(TrialView::of).collect(),
     })))
 }
@@ -482,6 +501,7 @@ impl Model {
             source: Some(selection.source),
             interfaces: Vec::new(),
             changes: Vec::new(),
+            transfers: Vec::new(),
             trials: Vec::new(),
         };
         let mut failed = Vec::new();
@@ -554,16 +574,31 @@ impl Model {
         if !failed.is_empty() {
             return Err(Refusal::NoPoolAvailable(failed));
         }
+        // Every record another sandbox of the pod holds moves to this one.
+        for (pool, address, holder) in &held {
+            if *holder != holder_of(ask.who, &holder.interface()) {
+                grant.transfers.push((
+                    scenario.pools[*pool].name.to_string(),
+                    *address,
+                    holder.interface(),
+                ));
+            }
+        }
         Ok(normalize(grant))
     }
 
     /// The answer to a request whose owner already holds addresses for the interface: every
-    /// address the owner holds, and no change.
+    /// address the owner holds, no new allocation, and the records that another sandbox of the
+    /// same pod holds move to this one.
     fn replay(&self, scenario: &Scenario, ask: &Ask, held: &[(usize, IpAddr, Holder)]) -> Grant {
         let selection = self.select(scenario, ask).ok();
         let mut interfaces: Vec<InterfaceView> = Vec::new();
+        let mut transfers = Vec::new();
         for (pool, address, holder) in held {
             let entry = (scenario.pools[*pool].name.to_string(), *address);
+            if *holder != holder_of(ask.who, &holder.interface()) {
+                transfers.push((entry.0.clone(), *address, holder.interface()));
+            }
             match interfaces.iter_mut().find(|i| i.interface == holder.interface()) {
                 Some(view) => view.addresses.push(entry),
                 None => interfaces.push(InterfaceView {
@@ -580,12 +615,19 @@ impl Model {
             source: None,
             interfaces,
             changes: Vec::new(),
+            transfers,
             trials: Vec::new(),
         })
     }
 
-    /// Records a grant's allocations for `who`, moving each pool's cursor.
+    /// Records a grant's allocations for `who`, moving each pool's cursor, and its transfers
+    /// to `who`'s sandbox, leaving cursors.
     pub fn apply(&mut self, scenario: &Scenario, who: Who, grant: &Grant) {
+        for (name, address, interface) in &grant.transfers {
+            if let Some((pool, _)) = scenario.pool(name) {
+                self.held.insert((pool, *address), holder_of(who, interface));
+            }
+        }
         // The cursor follows the order of allocation, which `changes` (sorted) lost.
         for trial in &grant.trials {
             for (name, seen) in &trial.candidates {

@@ -230,7 +230,10 @@ pub fn run_ops(scenario: &Scenario, ops: &[Op]) -> Result<Summary, Box<Divergenc
                     ));
                 }
                 match &expected {
-                    Ok(grant) if grant.source.is_none() => summary.replayed += 1,
+                    Ok(grant) if grant.source.is_none() => {
+                        summary.replayed += 1;
+                        model.apply(scenario, ask.who, grant);
+                    }
                     Ok(grant) => {
                         summary.granted += 1;
                         model.apply(scenario, ask.who, grant);

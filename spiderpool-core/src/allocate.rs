@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::annotations::{POD_IPPOOLS, parse_pod_ippools};
 use crate::candidates::{
     self, CandidateSource, InterfaceSelection, PoolCandidate, Rejection, Selection, SelectionError, Trial,
     Verdict,
@@ -60,7 +61,8 @@ pub struct Plan {
     /// Every interface the operation covers, the requested one among them. With the
     /// `ipam.spidernet.io/ippools` annotation, that is every interface it lists.
     pub interfaces: Vec<InterfaceAddresses>,
-    /// The changes to write atomically; empty when the addresses were already held.
+    /// The changes to write atomically. For a replay, none, or the moves of the records to a
+    /// new sandbox of the same pod.
     pub changes: Vec<Change>,
     /// The candidates tried per interface and family, up to the chosen one.
     pub trials: Vec<Trial>,
@@ -72,9 +74,10 @@ impl Plan {
         self.interfaces.iter().find(|entry| entry.interface == name)
     }
 
-    /// Whether the request was answered from addresses already held (a retried ADD).
+    /// Whether the request was answered from addresses already held (a retried ADD, or a new
+    /// sandbox of the same pod). Its only changes then move the records to the new sandbox.
     pub fn is_replay(&self) -> bool {
-        self.changes.is_empty()
+        self.source.is_none()
     }
 }
 
@@ -211,6 +214,97 @@ pub fn release(state: &impl AllocationState, owner: &OwnerKey, interface: Option
         .collect()
 }
 
+/// The changes a DEL of `request` asks for: the addresses its owner holds for the request's
+/// interface through this container, and for every interface of an
+/// `ipam.spidernet.io/ippools` annotation whose first interface is the one being deleted.
+/// Records that a newer sandbox of the same pod has taken over stay. Never fails: an
+/// unreadable annotation releases the one interface.
+///
+/// ```
+/// use spiderpool_core::*;
+/// let docs = parse_documents("{apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderIPPool,
+///   metadata: {name: p}, spec: {subnet: 10.6.0.0/16, ips: [10.6.0.10-10.6.0.20]}}").unwrap();
+/// let catalog = PoolCatalog::from_documents(&docs);
+/// let mut state = InMemoryState::new();
+/// let mut first = Request::new("sandbox-1", "eth0");
+/// first.pod.uid = Some("uid-1".into());
+/// first.pod.annotations.insert(annotations::POD_IPPOOL.into(), r#"{"ipv4": ["p"]}"#.into());
+/// state.apply(&allocate(&catalog, &state, &first).unwrap().changes).unwrap();
+///
+/// // The pod's sandbox is re-created: the new one keeps the address.
+/// let mut second = first.clone();
+/// second.container_id = "sandbox-2".into();
+/// state.apply(&allocate(&catalog, &state, &second).unwrap().changes).unwrap();
+///
+/// // The old sandbox's DEL comes late and releases nothing; the new one's releases.
+/// assert!(release_attachment(&state, &first).is_empty());
+/// assert_eq!(release_attachment(&state, &second).len(), 1);
+/// ```
+pub fn release_attachment(state: &impl AllocationState, request: &Request) -> Vec<Change> {
+    let listed = request
+        .pod
+        .annotations
+        .get(POD_IPPOOLS)
+        .and_then(|value| parse_pod_ippools(value).ok())
+        .filter(|entries| {
+            entries
+                .first()
+                .is_some_and(|first| first.interface == request.interface)
+        });
+    let interfaces: Vec<String> = match listed {
+        Some(entries) => entries.into_iter().map(|entry| entry.interface).collect(),
+        None => vec![request.interface.clone()],
+    };
+    state
+        .held_by(&request.owner())
+        .into_iter()
+        .filter(|held| {
+            interfaces.contains(&held.holder.interface())
+                && held.holder.container_id() == request.container_id
+        })
+        .map(|held| Change::Release {
+            pool: held.pool,
+            address: held.address,
+            holder: held.holder,
+        })
+        .collect()
+}
+
+/// The changes a CNI GC asks for: every held address whose attachment (container ID and
+/// interface) is not among `valid`.
+///
+/// ```
+/// use spiderpool_core::{collect_garbage, HeldAddress, Holder, OwnerKey};
+/// let held = |container: &str| HeldAddress {
+///     pool: "p".into(),
+///     address: "10.6.0.10".parse().unwrap(),
+///     holder: Holder::new(&OwnerKey::Container(container.into()), "eth0", None, container),
+/// };
+/// let valid = [("c1".to_string(), "eth0".to_string())];
+/// assert!(collect_garbage([held("c1")], &valid).is_empty());
+/// assert_eq!(collect_garbage([held("c2")], &valid).len(), 1);
+/// ```
+pub fn collect_garbage(
+    held: impl IntoIterator<Item = HeldAddress>,
+    valid: &[(String, String)],
+) -> Vec<Change> {
+    let valid: std::collections::BTreeSet<(&str, &str)> = valid
+        .iter()
+        .map(|(container, interface)| (container.as_str(), interface.as_str()))
+        .collect();
+    held.into_iter()
+        .filter(|held| {
+            let (container, interface) = (held.holder.container_id(), held.holder.interface());
+            !valid.contains(&(container.as_str(), interface.as_str()))
+        })
+        .map(|held| Change::Release {
+            pool: held.pool,
+            address: held.address,
+            holder: held.holder,
+        })
+        .collect()
+}
+
 struct Engine<'a, S> {
     catalog: &'a PoolCatalog,
     state: &'a S,
@@ -302,6 +396,7 @@ impl<S: AllocationState> Engine<'_, S> {
             };
             return (trials, Err(AllocateError::NoPoolAvailable(Box::new(unavailable))));
         }
+        changes.extend(self.transfers(held.iter()));
         let mut plan = Plan {
             source: Some(selection.source),
             interfaces,
@@ -405,9 +500,24 @@ impl<S: AllocationState> Engine<'_, S> {
         Ok(Plan {
             source: None,
             interfaces,
-            changes: Vec::new(),
+            changes: self.transfers(held.iter()),
             trials: Vec::new(),
         })
+    }
+
+    /// A new sandbox of the same pod takes its addresses over: the records follow it, so that
+    /// a late DEL of the old sandbox releases nothing.
+    fn transfers<'h>(&self, held: impl Iterator<Item = &'h HeldAddress>) -> Vec<Change> {
+        held.filter_map(|entry| {
+            let current = self.request.holder(&entry.holder.interface());
+            (current != entry.holder).then(|| Change::Transfer {
+                pool: entry.pool.clone(),
+                address: entry.address,
+                from: entry.holder.clone(),
+                to: current,
+            })
+        })
+        .collect()
     }
 
     fn held_addresses(

@@ -136,15 +136,22 @@ impl InMemoryState {
                     .rev()
                     .find(|c| c.pool() == pool && c.address() == address)
             };
-            match change {
-                Change::Allocate { .. } => {
-                    let held = match earlier {
-                        Some(Change::Allocate { holder, .. }) => Some(holder.clone()),
-                        Some(Change::Release { .. }) => None,
-                        None if self.stored_is_held(pool, address, None) => self.holder(pool, address),
-                        None => None,
-                    };
-                    if let Some(holder) = held {
+            // Whether the address is held (by `expected`, when given) after the earlier changes.
+            let held_by = |expected: Option<&Holder>| match earlier {
+                Some(earlier) => match (earlier.holder_after(), expected) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(holder), Some(expected)) => holder == expected,
+                },
+                None => self.stored_is_held(pool, address, expected),
+            };
+            match change.holder_before() {
+                None => {
+                    if held_by(None) {
+                        let holder = match earlier.and_then(Change::holder_after) {
+                            Some(holder) => holder.clone(),
+                            None => self.holder(pool, address).expect("a held address has a holder"),
+                        };
                         return Err(ApplyError::AlreadyHeld {
                             pool: pool.into(),
                             address,
@@ -169,20 +176,12 @@ impl InMemoryState {
                         });
                     }
                 }
-                Change::Release { holder, .. } => {
-                    let held_by_holder = match earlier {
-                        Some(Change::Allocate {
-                            holder: earlier_holder,
-                            ..
-                        }) => earlier_holder == holder,
-                        Some(Change::Release { .. }) => false,
-                        None => self.stored_is_held(pool, address, Some(holder)),
-                    };
-                    if !held_by_holder {
+                Some(expected) => {
+                    if !held_by(Some(expected)) {
                         return Err(ApplyError::NotHeldBy {
                             pool: pool.into(),
                             address,
-                            expected: Box::new(holder.clone()),
+                            expected: Box::new(expected.clone()),
                         });
                     }
                 }
@@ -246,6 +245,27 @@ impl InMemoryState {
                 }
                 ledger.runs.remove(value);
                 self.owners.remove(owner_hash(holder.owner_prefix()), id, value);
+            }
+            Change::Transfer { from, to, .. } => {
+                let not_held = || ApplyError::NotHeldBy {
+                    pool: pool.into(),
+                    address,
+                    expected: Box::new(from.clone()),
+                };
+                let Some(&id) = self.ids.get(pool) else {
+                    return Err(not_held());
+                };
+                let ledger = &mut self.pools[id as usize];
+                match ledger.held.get_mut(&value) {
+                    Some(current) if current == from && ledger.version == Some(version) => {
+                        *current = to.clone();
+                    }
+                    _ => return Err(not_held()),
+                }
+                if from.owner_prefix() != to.owner_prefix() {
+                    self.owners.remove(owner_hash(from.owner_prefix()), id, value);
+                    self.owners.insert(owner_hash(to.owner_prefix()), id, value);
+                }
             }
         }
         Ok(())
@@ -681,6 +701,51 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ApplyError::WrongFamily { .. }));
         assert_eq!(state.held_by(&a.owner()).len(), 1);
+    }
+
+    #[test]
+    fn a_transfer_moves_a_record_held_by_its_source() {
+        let mut state = InMemoryState::new();
+        let old = holder(OwnerKey::Pod("a".into()), "eth0");
+        let new = Holder::new(&OwnerKey::Pod("a".into()), "eth0", None, "sandbox-2");
+        let stranger = holder(OwnerKey::Pod("b".into()), "eth0");
+        let x: IpAddr = "10.0.0.1".parse().unwrap();
+        let transfer = |from: &Holder, to: &Holder| Change::Transfer {
+            pool: "p".into(),
+            address: x,
+            from: from.clone(),
+            to: to.clone(),
+        };
+        assert!(matches!(
+            state.apply(&[transfer(&old, &new)]),
+            Err(ApplyError::NotHeldBy { .. })
+        ));
+        state
+            .apply(&[Change::Allocate {
+                pool: "p".into(),
+                address: x,
+                holder: old.clone(),
+            }])
+            .unwrap();
+        assert!(matches!(
+            state.apply(&[transfer(&stranger, &new)]),
+            Err(ApplyError::NotHeldBy { .. })
+        ));
+        state.apply(&[transfer(&old, &new)]).unwrap();
+        assert_eq!(state.holder("p", x), Some(new.clone()));
+        assert_eq!(state.held_by(&OwnerKey::Pod("a".into())).len(), 1);
+        // In a batch, a release after a transfer names the new holder.
+        let back = [
+            transfer(&new, &stranger),
+            Change::Release {
+                pool: "p".into(),
+                address: x,
+                holder: stranger.clone(),
+            },
+        ];
+        state.apply(&back).unwrap();
+        assert_eq!(state.allocated_count("p"), 0);
+        assert!(state.held_by(&OwnerKey::Pod("a".into())).is_empty());
     }
 
     #[test]

@@ -340,20 +340,54 @@ pub enum Change {
         /// The holder being removed.
         holder: Holder,
     },
+    /// Move the record of `address`, which must still be held by `from`, to `to` (a new
+    /// sandbox of the same pod). The pool's cursor stays.
+    Transfer {
+        /// The pool.
+        pool: String,
+        /// The address.
+        address: IpAddr,
+        /// The holder now recorded.
+        from: Holder,
+        /// The holder to record.
+        to: Holder,
+    },
 }
 
 impl Change {
     /// The pool the change is about.
     pub fn pool(&self) -> &str {
         match self {
-            Change::Allocate { pool, .. } | Change::Release { pool, .. } => pool,
+            Change::Allocate { pool, .. } | Change::Release { pool, .. } | Change::Transfer { pool, .. } => {
+                pool
+            }
+        }
+    }
+
+    /// Who must hold the address before the change: nobody for an allocation.
+    pub fn holder_before(&self) -> Option<&Holder> {
+        match self {
+            Change::Allocate { .. } => None,
+            Change::Release { holder, .. } => Some(holder),
+            Change::Transfer { from, .. } => Some(from),
+        }
+    }
+
+    /// Who holds the address after the change: nobody after a release.
+    pub fn holder_after(&self) -> Option<&Holder> {
+        match self {
+            Change::Allocate { holder, .. } => Some(holder),
+            Change::Release { .. } => None,
+            Change::Transfer { to, .. } => Some(to),
         }
     }
 
     /// The address the change is about.
     pub fn address(&self) -> IpAddr {
         match self {
-            Change::Allocate { address, .. } | Change::Release { address, .. } => *address,
+            Change::Allocate { address, .. }
+            | Change::Release { address, .. }
+            | Change::Transfer { address, .. } => *address,
         }
     }
 }

@@ -4,8 +4,8 @@ mod common;
 
 use common::{attach, catalog, pod, pool, reserved, with_ippool};
 use spiderpool_core::{
-    AllocateError, AllocationState, InMemoryState, OwnerKey, Request, allocate, annotations, next_free,
-    parse_allocated_ips, pool_status, release, usage,
+    AllocateError, AllocationState, InMemoryState, OwnerKey, Request, allocate, annotations, collect_garbage,
+    next_free, parse_allocated_ips, pool_status, release, release_attachment, usage,
 };
 
 fn dual_stack_pools() -> Vec<String> {
@@ -331,4 +331,82 @@ fn status_uses_spiderpools_allocated_ips_shape() {
     let records = parse_allocated_ips(&text).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(status.allocated_ip_count, Some(1));
+}
+
+#[test]
+fn deleting_the_first_listed_interface_releases_every_listed_interface() {
+    let catalog = catalog(&dual_stack_pools());
+    let mut state = InMemoryState::new();
+    let request = multi_nic(pod("a", "n"));
+    attach(&catalog, &mut state, &request);
+    let mut net1 = request.clone();
+    net1.interface = "net1".into();
+    assert_eq!(
+        release_attachment(&state, &net1).len(),
+        1,
+        "a later interface releases itself"
+    );
+    let changes = release_attachment(&state, &request);
+    assert_eq!(changes.len(), 2, "the first interface releases the whole group");
+    state.apply(&changes).unwrap();
+    assert!(state.held_by(&OwnerKey::Pod("uid-a".into())).is_empty());
+    assert!(
+        release_attachment(&state, &request).is_empty(),
+        "a second DEL finds nothing"
+    );
+}
+
+#[test]
+fn a_new_sandbox_takes_the_records_over_and_the_old_one_cannot_release_them() {
+    let catalog = catalog(&dual_stack_pools());
+    let mut state = InMemoryState::new();
+    let old = with_ippool(pod("a", "n"), DUAL);
+    attach(&catalog, &mut state, &old);
+    let mut new = old.clone();
+    new.container_id = "sandbox-2".into();
+    let plan = allocate(&catalog, &state, &new).unwrap();
+    assert!(plan.is_replay());
+    assert_eq!(plan.changes.len(), 2, "two addresses move to the new sandbox");
+    assert!(
+        plan.changes
+            .iter()
+            .all(|c| matches!(c, spiderpool_core::Change::Transfer { .. }))
+    );
+    let cursor = state.cursor("v4");
+    state.apply(&plan.changes).unwrap();
+    let holder = state.holder("v4", "10.6.0.10".parse().unwrap()).unwrap();
+    assert_eq!(holder.container_id(), "sandbox-2");
+    assert_eq!(state.cursor("v4"), cursor, "a transfer leaves the cursor");
+    assert!(release_attachment(&state, &old).is_empty());
+    assert_eq!(release_attachment(&state, &new).len(), 2);
+}
+
+#[test]
+fn garbage_collection_releases_attachments_that_are_no_longer_valid() {
+    let catalog = catalog(&dual_stack_pools());
+    let mut state = InMemoryState::new();
+    attach(
+        &catalog,
+        &mut state,
+        &with_ippool(pod("a", "n"), r#"{"ipv4": ["v4"]}"#),
+    );
+    attach(
+        &catalog,
+        &mut state,
+        &with_ippool(pod("b", "n"), r#"{"ipv4": ["v4"]}"#),
+    );
+    let held = state
+        .allocations("v4")
+        .into_iter()
+        .map(|(address, holder)| spiderpool_core::HeldAddress {
+            pool: "v4".into(),
+            address,
+            holder,
+        });
+    let valid = [("container-a".to_string(), "eth0".to_string())];
+    let changes = collect_garbage(held, &valid);
+    assert_eq!(changes.len(), 1);
+    state.apply(&changes).unwrap();
+    assert_eq!(state.held_by(&OwnerKey::Pod("uid-b".into())).len(), 0);
+    assert_eq!(state.held_by(&OwnerKey::Pod("uid-a".into())).len(), 1);
 }
