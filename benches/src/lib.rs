@@ -482,9 +482,9 @@ impl FilledPool {
         let address = next_free(&self.state, &self.pool)?;
         for change in self.allocate_change.iter_mut().chain(&mut self.release_change) {
             match change {
-                Change::Allocate { address: slot, .. } | Change::Release { address: slot, .. } => {
-                    *slot = address
-                }
+                Change::Allocate { address: slot, .. }
+                | Change::Release { address: slot, .. }
+                | Change::Transfer { address: slot, .. } => *slot = address,
             }
         }
         self.state
