@@ -1,0 +1,11 @@
+//! The `spiderpool` CNI IPAM plugin, its embedded store and its command-line tool.
+//!
+//! One binary, `spiderpool`: with `CNI_COMMAND` set it is the CNI plugin ([`plugin`]), without
+//! it the command-line tool. Every decision comes from `spiderpool-core`; this crate reads the
+//! CNI environment and configuration ([`cni`]), the pool files ([`pools`]), and keeps the
+//! allocation state in an embedded SQLite database ([`store`]).
+
+pub mod cni;
+pub mod plugin;
+pub mod pools;
+pub mod store;

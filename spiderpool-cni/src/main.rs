@@ -1,0 +1,43 @@
+//! `spiderpool`: with `CNI_COMMAND` set, the CNI IPAM plugin; without, the command-line tool.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use spiderpool_cni::cni::{self, Command};
+use spiderpool_cni::plugin::{self, Answer};
+
+fn main() -> ExitCode {
+    match std::env::var("CNI_COMMAND") {
+        Ok(command) => cni_main(&command),
+        Err(_) => {
+            eprintln!(
+                "spiderpool: the command-line tool is not built yet; set CNI_COMMAND to run the CNI plugin"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The plugin: one command, the network configuration on stdin, the answer on stdout.
+fn cni_main(command: &str) -> ExitCode {
+    let mut stdin = Vec::new();
+    let answer = match std::io::stdin().read_to_end(&mut stdin) {
+        Err(err) => Answer::Failure(
+            cni::CniError::new(cni::codes::IO_FAILURE, format!("reading stdin failed: {err}"), "")
+                .to_json(cni::SpecVersion::LATEST.as_str()),
+        ),
+        Ok(_) => match command.parse::<Command>() {
+            Ok(command) => plugin::run(command, |name| std::env::var(name).ok(), &stdin),
+            Err(error) => Answer::Failure(error.to_json(cni::SpecVersion::LATEST.as_str())),
+        },
+    };
+    let mut stdout = std::io::stdout().lock();
+    let (output, code) = match answer {
+        Answer::Success(output) => (output, ExitCode::SUCCESS),
+        Answer::Failure(error) => (Some(error), ExitCode::FAILURE),
+    };
+    if let Some(output) = output {
+        let _ = writeln!(stdout, "{output}");
+    }
+    code
+}
