@@ -632,6 +632,19 @@ mod tests {
     }
 
     #[test]
+    fn every_supported_version_parses_and_others_are_code_1() {
+        for version in SpecVersion::SUPPORTED {
+            assert_eq!(version.as_str().parse::<SpecVersion>().unwrap(), version);
+        }
+        let err = "0.2.0".parse::<SpecVersion>().unwrap_err();
+        assert_eq!(err.code, codes::INCOMPATIBLE_VERSION);
+        assert!(
+            err.to_string()
+                .contains("plugin supports [\"0.3.0\", \"0.3.1\", \"0.4.0\", \"1.0.0\", \"1.1.0\"]")
+        );
+    }
+
+    #[test]
     fn commands_need_their_variables() {
         let err = Invocation::from_env(Command::Add, env(&[("CNI_IFNAME", "eth0")])).unwrap_err();
         assert_eq!(err.code, codes::INVALID_ENVIRONMENT);

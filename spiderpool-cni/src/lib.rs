@@ -5,7 +5,9 @@
 //! CNI environment and configuration ([`cni`]), the pool files ([`pools`]), and keeps the
 //! allocation state in an embedded SQLite database ([`store`]).
 
+pub mod cli;
 pub mod cni;
+pub mod demo;
 pub mod plugin;
 pub mod pools;
 pub mod store;

@@ -10,10 +10,17 @@ fn main() -> ExitCode {
     match std::env::var("CNI_COMMAND") {
         Ok(command) => cni_main(&command),
         Err(_) => {
-            eprintln!(
-                "spiderpool: the command-line tool is not built yet; set CNI_COMMAND to run the CNI plugin"
-            );
-            ExitCode::from(2)
+            let cli = <spiderpool_cni::cli::Cli as clap::Parser>::parse();
+            match spiderpool_cni::cli::run(&cli) {
+                Ok(output) => {
+                    print!("{output}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -167,7 +167,7 @@ pub struct Explanation {
 /// ```
 pub fn allocate(
     catalog: &PoolCatalog,
-    state: &impl AllocationState,
+    state: &(impl AllocationState + ?Sized),
     request: &Request,
 ) -> Result<Plan, AllocateError> {
     Engine {
@@ -182,7 +182,11 @@ pub fn allocate(
 
 /// Evaluates every candidate of a request, and what [`allocate`] would do now, changing
 /// nothing: the answer to "why does this pod get this address, or none?".
-pub fn explain(catalog: &PoolCatalog, state: &impl AllocationState, request: &Request) -> Explanation {
+pub fn explain(
+    catalog: &PoolCatalog,
+    state: &(impl AllocationState + ?Sized),
+    request: &Request,
+) -> Explanation {
     let (trials, outcome) = Engine {
         catalog,
         state,
@@ -201,7 +205,11 @@ pub fn explain(catalog: &PoolCatalog, state: &impl AllocationState, request: &Re
 /// let state = InMemoryState::new();
 /// assert!(release(&state, &OwnerKey::Container("gone".into()), None).is_empty());
 /// ```
-pub fn release(state: &impl AllocationState, owner: &OwnerKey, interface: Option<&str>) -> Vec<Change> {
+pub fn release(
+    state: &(impl AllocationState + ?Sized),
+    owner: &OwnerKey,
+    interface: Option<&str>,
+) -> Vec<Change> {
     state
         .held_by(owner)
         .into_iter()
@@ -240,7 +248,7 @@ pub fn release(state: &impl AllocationState, owner: &OwnerKey, interface: Option
 /// assert!(release_attachment(&state, &first).is_empty());
 /// assert_eq!(release_attachment(&state, &second).len(), 1);
 /// ```
-pub fn release_attachment(state: &impl AllocationState, request: &Request) -> Vec<Change> {
+pub fn release_attachment(state: &(impl AllocationState + ?Sized), request: &Request) -> Vec<Change> {
     let listed = request
         .pod
         .annotations
@@ -305,14 +313,14 @@ pub fn collect_garbage(
         .collect()
 }
 
-struct Engine<'a, S> {
+struct Engine<'a, S: ?Sized> {
     catalog: &'a PoolCatalog,
     state: &'a S,
     request: &'a Request,
     explain: bool,
 }
 
-impl<S: AllocationState> Engine<'_, S> {
+impl<S: AllocationState + ?Sized> Engine<'_, S> {
     fn run(&self) -> (Vec<Trial>, Result<Plan, AllocateError>) {
         let held = self.state.held_by(&self.request.owner());
         let holds_requested = held
@@ -570,13 +578,13 @@ fn assigned(pool: &Pool, address: IpAddr) -> AssignedAddress {
 /// let pool = catalog.pool("p").unwrap();
 /// assert_eq!(next_free(&InMemoryState::new(), pool), Some("10.0.0.1".parse().unwrap()));
 /// ```
-pub fn next_free(state: &impl AllocationState, pool: &Pool) -> Option<IpAddr> {
+pub fn next_free(state: &(impl AllocationState + ?Sized), pool: &Pool) -> Option<IpAddr> {
     next_free_besides(state, pool, &[])
 }
 
 /// [`next_free`], also skipping addresses that `pending` changes allocate.
 pub(crate) fn next_free_besides(
-    state: &impl AllocationState,
+    state: &(impl AllocationState + ?Sized),
     pool: &Pool,
     pending: &[Change],
 ) -> Option<IpAddr> {

@@ -40,7 +40,7 @@ pub struct PoolUsage {
 /// assert_eq!((usage.total, usage.allocated, usage.free), (10, 0, 10));
 /// assert_eq!(usage.next_free, Some("10.6.168.60".parse().unwrap()));
 /// ```
-pub fn usage(pool: &Pool, state: &impl AllocationState) -> PoolUsage {
+pub fn usage(pool: &Pool, state: &(impl AllocationState + ?Sized)) -> PoolUsage {
     let version = pool.version();
     let family = IpSet::from_ranges(version, [IpRange::from_bounds(version, 0, version.max_value())])
         .expect("a family range is of its family");
@@ -84,7 +84,7 @@ pub struct AllocationRecord {
 /// Spiderpool's `status` of a pool: `allocatedIPs` as JSON text (absent when nothing is
 /// allocated, as Spiderpool writes it), `allocatedIPCount`, and `totalIPCount` capped at
 /// `i64::MAX`.
-pub fn pool_status(pool: &Pool, state: &impl AllocationState) -> IPPoolStatus {
+pub fn pool_status(pool: &Pool, state: &(impl AllocationState + ?Sized)) -> IPPoolStatus {
     let records: BTreeMap<String, AllocationRecord> = state
         .allocations(pool.name())
         .into_iter()
@@ -165,7 +165,7 @@ pub struct PoolRow {
 }
 
 /// The rows of every pool of the catalog, by name; refused pools show what could be read.
-pub fn pool_rows(catalog: &PoolCatalog, state: &impl AllocationState) -> Vec<PoolRow> {
+pub fn pool_rows(catalog: &PoolCatalog, state: &(impl AllocationState + ?Sized)) -> Vec<PoolRow> {
     catalog
         .entries()
         .map(|(name, entry)| match entry {
