@@ -65,7 +65,7 @@ pub enum Command {
     },
     /// Every candidate pool for a pod, why it is accepted, rejected or full, and the address
     /// an ADD would get now. Changes nothing.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
     /// Runs a scenario end to end.
     Demo {
         /// Which scenario.
