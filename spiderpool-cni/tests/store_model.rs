@@ -1,0 +1,109 @@
+//! The SQLite store answers the engine exactly as the in-memory state does: the same plans,
+//! the same releases, the same state after every step, over random operation sequences.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use spiderpool_check::ops::Ask;
+use spiderpool_check::{Op, Scenario, strategy};
+use spiderpool_cni::demo::TemporaryDir;
+use spiderpool_cni::store::{Store, StoreError, Transaction};
+use spiderpool_core::{AllocationState, InMemoryState, allocate, next_free, release};
+
+/// A failure inside a store transaction, as text.
+#[derive(Debug)]
+struct Failure(String);
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Failure {
+        Failure(error.to_string())
+    }
+}
+
+/// Everything the engine can observe of one pool.
+fn observe(
+    scenario: &Scenario,
+    state: &(impl AllocationState + ?Sized),
+) -> Vec<(String, Vec<String>, u64, Option<String>, Option<String>)> {
+    scenario
+        .pools
+        .iter()
+        .map(|facts| {
+            let allocations = state
+                .allocations(facts.name)
+                .into_iter()
+                .map(|(address, holder)| format!("{address} {holder:?}"))
+                .collect();
+            let next = scenario
+                .catalog
+                .pool(facts.name)
+                .and_then(|pool| next_free(state, pool))
+                .map(|a| a.to_string());
+            (
+                facts.name.to_string(),
+                allocations,
+                state.allocated_count(facts.name),
+                state.cursor(facts.name).map(|a| a.to_string()),
+                next,
+            )
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_sqlite_store_decides_exactly_as_the_in_memory_state(shape in strategy::shape(), ops in strategy::ops(40)) {
+        let scenario = Scenario::new(&shape);
+        let dir = TemporaryDir::new("spiderpool-store-model").expect("a temporary directory");
+        let mut store = Store::open(dir.path(), Duration::from_secs(5)).expect("a new store");
+        let mut memory = InMemoryState::new();
+        let mut asks: Vec<Ask> = Vec::new();
+        for op in &ops {
+            let op = match op {
+                Op::Repeat { back } if asks.is_empty() => { let _ = back; continue; }
+                Op::Repeat { back } => Op::Allocate(asks[asks.len() - 1 - usize::from(*back) % asks.len()].clone()),
+                other => other.clone(),
+            };
+            match &op {
+                Op::Allocate(ask) => {
+                    let request = ask.request();
+                    let expected = allocate(&scenario.catalog, &memory, &request);
+                    let got = store
+                        .write(|transaction: &Transaction<'_>| {
+                            let plan = allocate(&scenario.catalog, transaction, &request);
+                            if let Ok(plan) = &plan {
+                                transaction.apply(&plan.changes).map_err(|err| Failure(err.to_string()))?;
+                            }
+                            Ok::<_, Failure>(plan)
+                        })
+                        .map_err(|failure| TestCaseError::fail(failure.0))?;
+                    prop_assert_eq!(&got, &expected);
+                    if let Ok(plan) = &expected {
+                        memory.apply(&plan.changes).expect("the in-memory state takes the plan");
+                    }
+                    asks.push(ask.clone());
+                }
+                Op::Release { who, interface } => {
+                    let interface = interface.map(|nic| nic.name());
+                    let expected = release(&memory, &who.owner(), interface);
+                    let got = store
+                        .write(|transaction: &Transaction<'_>| {
+                            let changes = release(transaction, &who.owner(), interface);
+                            transaction.apply(&changes).map_err(|err| Failure(err.to_string()))?;
+                            Ok::<_, Failure>(changes)
+                        })
+                        .map_err(|failure| TestCaseError::fail(failure.0))?;
+                    prop_assert_eq!(&got, &expected);
+                    memory.apply(&expected).expect("the in-memory state takes the release");
+                }
+                Op::Repeat { .. } => unreachable!("resolved above"),
+            }
+            let stored = store
+                .read(|transaction: &Transaction<'_>| Ok::<_, Failure>(observe(&scenario, transaction)))
+                .map_err(|failure| TestCaseError::fail(failure.0))?;
+            prop_assert_eq!(stored, observe(&scenario, &memory));
+        }
+    }
+}
