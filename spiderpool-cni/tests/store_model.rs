@@ -21,10 +21,17 @@ impl From<StoreError> for Failure {
 }
 
 /// Everything the engine can observe of one pool.
-fn observe(
-    scenario: &Scenario,
-    state: &(impl AllocationState + ?Sized),
-) -> Vec<(String, Vec<String>, u64, Option<String>, Option<String>)> {
+#[derive(Debug, PartialEq, Eq)]
+struct PoolView {
+    name: String,
+    allocations: Vec<String>,
+    allocated: u64,
+    cursor: Option<String>,
+    next_free: Option<String>,
+}
+
+/// What the engine can observe of every pool of the scenario.
+fn observe(scenario: &Scenario, state: &(impl AllocationState + ?Sized)) -> Vec<PoolView> {
     scenario
         .pools
         .iter()
@@ -39,13 +46,13 @@ fn observe(
                 .pool(facts.name)
                 .and_then(|pool| next_free(state, pool))
                 .map(|a| a.to_string());
-            (
-                facts.name.to_string(),
+            PoolView {
+                name: facts.name.to_string(),
                 allocations,
-                state.allocated_count(facts.name),
-                state.cursor(facts.name).map(|a| a.to_string()),
-                next,
-            )
+                allocated: state.allocated_count(facts.name),
+                cursor: state.cursor(facts.name).map(|a| a.to_string()),
+                next_free: next,
+            }
         })
         .collect()
 }
