@@ -92,7 +92,13 @@ pub enum IppoolCommand {
 pub enum DemoScenario {
     /// Spiderpool's network-zones scenario: two nodes in two zones, a pool per zone, a
     /// DaemonSet listing both pools; each pod gets an address of its own zone.
-    NetworkZones,
+    NetworkZones {
+        /// Root only: build the two zones in network namespaces (a router between two nodes),
+        /// attach each pod with Debian's macvlan plugin (/usr/lib/cni/macvlan) and this
+        /// program as IPAM, ping across the zones, then DEL and tear everything down.
+        #[arg(long)]
+        netns: bool,
+    },
 }
 
 /// The facts of the pod to explain, as an ADD would carry them.
@@ -224,8 +230,8 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
         } => show(cli, name),
         Command::Explain(args) => explain_command(cli, args),
         Command::Demo {
-            scenario: DemoScenario::NetworkZones,
-        } => crate::demo::network_zones().map_err(fail),
+            scenario: DemoScenario::NetworkZones { netns },
+        } => crate::demo::network_zones_demo(*netns).map_err(fail),
     }
 }
 
