@@ -9,7 +9,6 @@ use spiderpool_core::Request;
 use spiderpool_core::render_table;
 use spiderpool_core::scenario::{NETWORK_ZONES_YAML, network_zones_pods};
 
-use crate::cni::Command;
 use crate::netns::{CniAttachment, CniCall, NetnsError, PingReport, Topology, Uplink};
 use crate::plugin::{Answer, run};
 
@@ -132,7 +131,7 @@ pub fn network_zones() -> Result<String, String> {
         ];
         let var = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
         let stdin = config.to_string();
-        let result = match run(Command::Add, var, stdin.as_bytes()) {
+        let result = match run("ADD", var, stdin.as_bytes()) {
             Answer::Success(Some(result)) => result,
             Answer::Success(None) => return Err("ADD answered nothing".into()),
             Answer::Failure(error) => return Err(format!("ADD of {} failed: {error}", pod.name)),

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use spiderpool_cni::cni::{self, Command};
+use spiderpool_cni::cni;
 use spiderpool_cni::plugin::{self, Answer};
 
 fn main() -> ExitCode {
@@ -33,10 +33,7 @@ fn cni_main(command: &str) -> ExitCode {
             cni::CniError::new(cni::codes::IO_FAILURE, format!("reading stdin failed: {err}"), "")
                 .to_json(cni::SpecVersion::LATEST.as_str()),
         ),
-        Ok(_) => match command.parse::<Command>() {
-            Ok(command) => plugin::run(command, |name| std::env::var(name).ok(), &stdin),
-            Err(error) => Answer::Failure(error.to_json(cni::SpecVersion::LATEST.as_str())),
-        },
+        Ok(_) => plugin::run(command, |name| std::env::var(name).ok(), &stdin),
     };
     let mut stdout = std::io::stdout().lock();
     let (output, code) = match answer {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use spiderpool_core::{
-    AllocateError, Attachment, IpVersion, Plan, Request, SelectionError, Subnet, allocate, collect_garbage,
-    next_free, release_attachment,
+    AllocateError, Attachment, IpVersion, Plan, Request, SelectionError, Subnet, allocate,
+    attachment_addresses, collect_garbage, next_free, release_attachment,
 };
 
 use crate::cni::{
@@ -34,14 +34,19 @@ pub enum Answer {
     Failure(Value),
 }
 
-/// Runs one CNI command. `var` reads the environment; `stdin` is the network configuration.
-pub fn run(command: Command, var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Answer {
+/// Runs one CNI command, `CNI_COMMAND` as given. `var` reads the environment; `stdin` is the
+/// network configuration.
+pub fn run(command: &str, var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Answer {
     // The version to answer errors in: the configuration's, when it can be read.
     let declared = serde_json::from_slice::<Value>(stdin)
         .ok()
         .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_owned))
         .filter(|text| text.parse::<SpecVersion>().is_ok())
         .unwrap_or_else(|| SpecVersion::LATEST.as_str().to_owned());
+    let command = match command.parse::<Command>() {
+        Ok(command) => command,
+        Err(error) => return Answer::Failure(error.to_json(&declared)),
+    };
     if command == Command::Version {
         let requested = serde_json::from_slice::<Value>(stdin)
             .ok()
@@ -95,6 +100,7 @@ impl From<StoreError> for CniError {
             | StoreError::Foreign { .. }
             | StoreError::Newer { .. } => codes::STATE_REFUSED,
             StoreError::Directory { .. } | StoreError::Database { .. } => codes::IO_FAILURE,
+            StoreError::NotADirectory { .. } => codes::INVALID_CONFIG,
         };
         CniError::new(code, error.to_string(), "")
     }
@@ -189,12 +195,13 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
     }
 
     fn add(&self) -> Result<IpamResult, CniError> {
+        self.require_pool_definitions()?;
         let request = self.request()?;
         let mut store = self.open()?;
         store.write(|transaction| {
             let catalog = load_catalog(&self.ipam, Some(transaction))?;
             let plan = allocate(&catalog, transaction, &request).map_err(refusal)?;
-            transaction.apply(&plan.changes)?;
+            transaction.apply(&plan.changes, &self.config.name)?;
             Ok::<_, CniError>(result_of(&plan, &request.interface))
         })
     }
@@ -204,7 +211,7 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
         let mut store = self.open()?;
         store.write(|transaction| {
             let changes = release_attachment(transaction, &request);
-            transaction.apply(&changes)?;
+            transaction.apply(&changes, &self.config.name)?;
             Ok::<_, CniError>(())
         })
     }
@@ -220,15 +227,11 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
         let expected: BTreeSet<IpAddr> = prev_result_addresses(prev)?.into_iter().collect();
         let mut store = self.open()?;
         let held: BTreeSet<IpAddr> = store.read(|transaction| {
-            let owner = request.owner();
+            let interfaces = [request.interface.clone()];
             Ok::<_, CniError>(
-                spiderpool_core::AllocationState::held_by(transaction, &owner)
+                attachment_addresses(transaction, &request, &interfaces)
                     .into_iter()
-                    .filter(|h| {
-                        h.holder.interface() == request.interface
-                            && h.holder.container_id() == request.container_id
-                    })
-                    .map(|h| h.address)
+                    .map(|held| held.address)
                     .collect(),
             )
         })?;
@@ -258,38 +261,53 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
             .collect();
         let mut store = self.open()?;
         store.write(|transaction| {
-            let held = transaction.all_allocations().map_err(|err| {
-                CniError::new(codes::IO_FAILURE, format!("reading the state failed: {err}"), "")
-            })?;
+            // Only this network's allocations: other networks share the store.
+            let held = transaction.allocations_of_network(&self.config.name)?;
             let changes = collect_garbage(held, &valid);
-            transaction.apply(&changes)?;
+            transaction.apply(&changes, &self.config.name)?;
             Ok::<_, CniError>(())
         })
     }
 
+    /// STATUS answers 50 whenever ADD could not work, whatever the cause.
     fn status(&self) -> Result<(), CniError> {
-        let unavailable = |msg: String, details: &str| CniError::new(codes::NOT_AVAILABLE, msg, details);
-        let mut store = self
-            .open()
-            .map_err(|err| unavailable(err.msg.clone(), &err.to_string()))?;
+        self.ready().map_err(|error| {
+            CniError::new(codes::NOT_AVAILABLE, error.msg, error.details.unwrap_or_default())
+        })
+    }
+
+    fn ready(&self) -> Result<(), CniError> {
+        self.require_pool_definitions()?;
+        let mut store = self.open()?;
         store.read(|transaction| {
-            let catalog = load_catalog(&self.ipam, None)
-                .map_err(|err| unavailable("the pool definitions cannot be read".into(), &err.to_string()))?;
+            let catalog = load_catalog(&self.ipam, None)?;
             let pools: Vec<_> = catalog.pools().collect();
             if pools.is_empty() {
-                return Err(unavailable(
-                    "no valid IP pool is defined".into(),
+                return Err(CniError::invalid_config(
+                    "no valid IP pool is defined",
                     "add SpiderIPPool objects to ippools_path",
                 ));
             }
             if pools.iter().all(|pool| next_free(transaction, pool).is_none()) {
-                return Err(unavailable(
-                    "every IP pool is full".into(),
+                return Err(CniError::new(
+                    codes::NOT_AVAILABLE,
+                    "every IP pool is full",
                     "release addresses or add pools",
                 ));
             }
             Ok(())
         })
+    }
+
+    /// Pools come from somewhere: `ipam.ippools_path` or `ipam.ippools`.
+    fn require_pool_definitions(&self) -> Result<(), CniError> {
+        if self.ipam.ippools_path.is_none() && self.ipam.ippools.is_empty() {
+            return Err(CniError::invalid_config(
+                "ipam.ippools_path: missing",
+                "set ippools_path to a YAML file or a directory of SpiderIPPool objects, or list them in ipam.ippools",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -40,6 +40,7 @@ CREATE TABLE allocations (
     pod_namespace TEXT,
     pod_name TEXT,
     container_id TEXT NOT NULL,
+    network TEXT NOT NULL,
     PRIMARY KEY (pool, address)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX allocations_by_owner ON allocations (owner_kind, owner_id);
@@ -105,6 +106,12 @@ pub enum StoreError {
         path: PathBuf,
         /// How long the call waited.
         waited: Duration,
+    },
+    /// `data_dir` names something that is not a directory.
+    #[error("data_dir {path} is not a directory; point data_dir at a directory (it is created when missing)")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
     },
     /// The data directory cannot be created or read.
     #[error("data_dir {path}: {source}")]
@@ -184,6 +191,11 @@ impl Store {
     /// A file that is empty, not SQLite, of another application or of a newer schema is
     /// refused before SQLite opens it, so it stays byte for byte as it was.
     pub fn open(data_dir: &Path, busy_wait: Duration) -> Result<Store, StoreError> {
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(StoreError::NotADirectory {
+                path: data_dir.to_owned(),
+            });
+        }
         fs::create_dir_all(data_dir).map_err(|source| StoreError::Directory {
             path: data_dir.to_owned(),
             source,
@@ -529,15 +541,16 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Writes the changes of a plan, in order, checking each against the stored state.
-    pub fn apply(&self, changes: &[Change]) -> Result<(), ApplyFailure> {
+    /// Writes the changes of a plan, in order, checking each against the stored state. New
+    /// allocations are recorded as made through `network`, whose GC alone may release them.
+    pub fn apply(&self, changes: &[Change], network: &str) -> Result<(), ApplyFailure> {
         for change in changes {
-            self.apply_one(change)?;
+            self.apply_one(change, network)?;
         }
         Ok(())
     }
 
-    fn apply_one(&self, change: &Change) -> Result<(), ApplyFailure> {
+    fn apply_one(&self, change: &Change, network: &str) -> Result<(), ApplyFailure> {
         let pool = change.pool();
         let address = change.address();
         let version = IpVersion::of(address);
@@ -565,8 +578,8 @@ impl Transaction<'_> {
                 let columns = HolderColumns::of(holder);
                 let inserted = self.transaction.execute(
                     &format!(
-                        "INSERT INTO allocations (pool, address, {HOLDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                         ON CONFLICT DO NOTHING"
+                        "INSERT INTO allocations (pool, address, {HOLDER_COLUMNS}, network)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING"
                     ),
                     params![
                         pool,
@@ -576,7 +589,8 @@ impl Transaction<'_> {
                         columns.interface,
                         columns.pod_namespace,
                         columns.pod_name,
-                        columns.container_id
+                        columns.container_id,
+                        network
                     ],
                 )?;
                 if inserted != 1 {
@@ -638,19 +652,27 @@ impl Transaction<'_> {
         Ok(columns.map(|c| c.holder()))
     }
 
-    /// Every allocation of every pool, for listings and GC.
-    pub fn all_allocations(&self) -> rusqlite::Result<Vec<HeldAddress>> {
-        let mut statement = self.transaction.prepare(&format!(
-            "SELECT a.pool, p.family, a.address, {HOLDER_COLUMNS} FROM allocations a JOIN pools p ON p.name = a.pool
-             ORDER BY a.pool, a.address"
+    /// Every allocation made through `network`, for its GC.
+    pub fn allocations_of_network(&self, network: &str) -> Result<Vec<HeldAddress>, StoreError> {
+        self.held_where("a.network = ?1", &[&network])
+            .map_err(|source| self.classify(source))
+    }
+
+    /// Held addresses matching a condition on the allocations (alias `a`), by pool and address.
+    fn held_where(
+        &self,
+        condition: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> rusqlite::Result<Vec<HeldAddress>> {
+        let mut statement = self.transaction.prepare_cached(&format!(
+            "SELECT a.pool, p.family, a.address, {HOLDER_COLUMNS} FROM allocations a
+             JOIN pools p ON p.name = a.pool WHERE {condition} ORDER BY a.pool, a.address"
         ))?;
-        let rows = statement.query_map([], |row| {
-            let family: i64 = row.get(1)?;
-            let bytes: Vec<u8> = row.get(2)?;
+        let rows = statement.query_map(values, |row| {
             Ok((
                 row.get::<_, String>(0)?,
-                family,
-                bytes,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
                 HolderColumns::read(row, 3)?,
             ))
         })?;
@@ -669,11 +691,18 @@ impl Transaction<'_> {
         Ok(held)
     }
 
+    fn classify(&self, source: rusqlite::Error) -> StoreError {
+        classify_with(self.path, self.busy_wait, source)
+    }
+
     /// Names of every pool that holds or held addresses.
-    pub fn pool_names(&self) -> rusqlite::Result<Vec<String>> {
-        let mut statement = self.transaction.prepare("SELECT name FROM pools ORDER BY name")?;
-        let names = statement.query_map([], |row| row.get(0))?;
-        names.collect()
+    pub fn pool_names(&self) -> Result<Vec<String>, StoreError> {
+        let query = || -> rusqlite::Result<Vec<String>> {
+            let mut statement = self.transaction.prepare("SELECT name FROM pools ORDER BY name")?;
+            let names = statement.query_map([], |row| row.get(0))?;
+            names.collect()
+        };
+        query().map_err(|source| self.classify(source))
     }
 
     /// The cached documents of a pool file, when its stamp is unchanged.
@@ -770,35 +799,13 @@ impl AllocationState for Transaction<'_> {
             OwnerKey::Pod(uid) => (0i64, uid),
             OwnerKey::Container(id) => (1i64, id),
         };
-        let query = || -> rusqlite::Result<Vec<HeldAddress>> {
-            let mut statement = self.transaction.prepare_cached(&format!(
-                "SELECT a.pool, p.family, a.address, {HOLDER_COLUMNS} FROM allocations a
-                 JOIN pools p ON p.name = a.pool WHERE a.owner_kind = ?1 AND a.owner_id = ?2
-                 ORDER BY a.pool, a.address"
-            ))?;
-            let rows = statement.query_map(params![kind, id], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                    HolderColumns::read(row, 3)?,
-                ))
-            })?;
-            let mut held = Vec::new();
-            for row in rows {
-                let (pool, family, bytes, columns) = row?;
-                let version = if family == 6 { IpVersion::V6 } else { IpVersion::V4 };
-                if let Some(address) = address_of(version, &bytes) {
-                    held.push(HeldAddress {
-                        pool,
-                        address,
-                        holder: columns.holder(),
-                    });
-                }
-            }
-            Ok(held)
-        };
-        self.record(query(), Vec::new())
+        let held = self.held_where("a.owner_kind = ?1 AND a.owner_id = ?2", &[&kind, id]);
+        self.record(held, Vec::new())
+    }
+
+    fn held_by_container(&self, container_id: &str) -> Vec<HeldAddress> {
+        let held = self.held_where("a.container_id = ?1", &[&container_id]);
+        self.record(held, Vec::new())
     }
 
     fn allocations(&self, pool: &str) -> Vec<(IpAddr, Holder)> {

@@ -81,7 +81,7 @@ proptest! {
                         .write(|transaction: &Transaction<'_>| {
                             let plan = allocate(&scenario.catalog, transaction, &request);
                             if let Ok(plan) = &plan {
-                                transaction.apply(&plan.changes).map_err(|err| Failure(err.to_string()))?;
+                                transaction.apply(&plan.changes, "model").map_err(|err| Failure(err.to_string()))?;
                             }
                             Ok::<_, Failure>(plan)
                         })
@@ -98,7 +98,7 @@ proptest! {
                     let got = store
                         .write(|transaction: &Transaction<'_>| {
                             let changes = release(transaction, &who.owner(), interface);
-                            transaction.apply(&changes).map_err(|err| Failure(err.to_string()))?;
+                            transaction.apply(&changes, "model").map_err(|err| Failure(err.to_string()))?;
                             Ok::<_, Failure>(changes)
                         })
                         .map_err(|failure| TestCaseError::fail(failure.0))?;

@@ -8,7 +8,8 @@ use crate::candidates::{
     self, CandidateSource, InterfaceSelection, PoolCandidate, Rejection, Selection, SelectionError, Trial,
     Verdict,
 };
-use crate::catalog::PoolCatalog;
+use crate::catalog::{CatalogEntry, PoolCatalog};
+use crate::pool::InvalidObject;
 use crate::pool::{Pool, PoolRoute};
 use crate::range::{IpVersion, to_u128};
 use crate::request::Request;
@@ -103,6 +104,22 @@ pub enum AllocateError {
         pool: String,
         /// The address held.
         address: IpAddr,
+    },
+    /// The owner holds an address in a pool that fails validation now.
+    #[error(
+        "{who} already holds {address} for {interface} in pool {pool}, which is invalid now: {error}; fix the pool or release the address"
+    )]
+    HeldInInvalidPool {
+        /// Who asked.
+        who: String,
+        /// The interface.
+        interface: String,
+        /// The pool.
+        pool: String,
+        /// The address held.
+        address: IpAddr,
+        /// Why the pool is invalid.
+        error: Box<InvalidObject>,
     },
 }
 
@@ -263,18 +280,35 @@ pub fn release_attachment(state: &(impl AllocationState + ?Sized), request: &Req
         Some(entries) => entries.into_iter().map(|entry| entry.interface).collect(),
         None => vec![request.interface.clone()],
     };
-    state
-        .held_by(&request.owner())
+    attachment_addresses(state, request, &interfaces)
         .into_iter()
-        .filter(|held| {
-            interfaces.contains(&held.holder.interface())
-                && held.holder.container_id() == request.container_id
-        })
         .map(|held| Change::Release {
             pool: held.pool,
             address: held.address,
             holder: held.holder,
         })
+        .collect()
+}
+
+/// What the attachment of `request` holds on `interfaces`: its owner's addresses held through
+/// this container; or, when the request carries no pod UID (a DEL or CHECK without
+/// `CNI_ARGS`), whatever this container holds on them.
+pub fn attachment_addresses(
+    state: &(impl AllocationState + ?Sized),
+    request: &Request,
+    interfaces: &[String],
+) -> Vec<HeldAddress> {
+    let ours = |held: &HeldAddress| {
+        interfaces.contains(&held.holder.interface()) && held.holder.container_id() == request.container_id
+    };
+    let owned: Vec<HeldAddress> = state.held_by(&request.owner()).into_iter().filter(ours).collect();
+    if !owned.is_empty() || request.pod.uid.as_deref().is_some_and(|uid| !uid.is_empty()) {
+        return owned;
+    }
+    state
+        .held_by_container(&request.container_id)
+        .into_iter()
+        .filter(ours)
         .collect()
 }
 
@@ -535,15 +569,26 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
     ) -> Result<InterfaceAddresses, AllocateError> {
         let mut addresses = Vec::with_capacity(held.len());
         for entry in held {
-            let pool = self
-                .catalog
-                .pool(&entry.pool)
-                .ok_or_else(|| AllocateError::HeldInMissingPool {
-                    who: self.request.who(),
-                    interface: selected.interface.clone(),
-                    pool: entry.pool.clone(),
-                    address: entry.address,
-                })?;
+            let pool = match self.catalog.get(&entry.pool) {
+                Some(CatalogEntry::Valid(pool)) => pool,
+                Some(CatalogEntry::Invalid { error, .. }) => {
+                    return Err(AllocateError::HeldInInvalidPool {
+                        who: self.request.who(),
+                        interface: selected.interface.clone(),
+                        pool: entry.pool.clone(),
+                        address: entry.address,
+                        error: Box::new(error.clone()),
+                    });
+                }
+                None => {
+                    return Err(AllocateError::HeldInMissingPool {
+                        who: self.request.who(),
+                        interface: selected.interface.clone(),
+                        pool: entry.pool.clone(),
+                        address: entry.address,
+                    });
+                }
+            };
             addresses.push(assigned(pool, entry.address));
         }
         addresses.sort_by_key(|a| (IpVersion::of(a.address), a.address));

@@ -74,7 +74,7 @@ mod subnet;
 
 pub use allocate::{
     AllocateError, AssignedAddress, Explanation, InterfaceAddresses, Plan, Unavailable, allocate,
-    collect_garbage, explain, next_free, release, release_attachment,
+    attachment_addresses, collect_garbage, explain, next_free, release, release_attachment,
 };
 pub use annotations::{AnnotationError, InterfaceIppools, PodIppool, parse_pod_ippools, parse_pool_list};
 pub use candidates::{CandidateSource, PoolCandidate, Rejection, SelectionError, Trial, Verdict};

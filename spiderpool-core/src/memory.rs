@@ -346,6 +346,27 @@ impl AllocationState for InMemoryState {
         found
     }
 
+    fn held_by_container(&self, container_id: &str) -> Vec<HeldAddress> {
+        let mut found: Vec<HeldAddress> = self
+            .pools
+            .iter()
+            .flat_map(|ledger| {
+                ledger.held.iter().filter_map(move |(&value, holder)| {
+                    (holder.container_id() == container_id).then(|| HeldAddress {
+                        pool: ledger.name.clone(),
+                        address: ledger
+                            .version
+                            .expect("a ledger with holders has a family")
+                            .address(value),
+                        holder: holder.clone(),
+                    })
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| (&a.pool, a.address).cmp(&(&b.pool, b.address)));
+        found
+    }
+
     fn allocations(&self, pool: &str) -> Vec<(IpAddr, Holder)> {
         let Some(ledger) = self.ledger(pool) else {
             return Vec::new();

@@ -418,6 +418,11 @@ pub trait AllocationState {
     /// Every address `owner` holds, in any pool, in pool then address order.
     fn held_by(&self, owner: &OwnerKey) -> Vec<HeldAddress>;
 
+    /// Every address held through the container (sandbox) `container_id`, in any pool: what a
+    /// DEL that lost its pod identity still has to find. Not on the allocation path; an index
+    /// answers it in a database, [`crate::InMemoryState`] scans.
+    fn held_by_container(&self, container_id: &str) -> Vec<HeldAddress>;
+
     /// Every allocation of `pool`, in address order. Used for listings and status, not for
     /// allocation.
     fn allocations(&self, pool: &str) -> Vec<(IpAddr, Holder)>;

@@ -410,3 +410,36 @@ fn garbage_collection_releases_attachments_that_are_no_longer_valid() {
     assert_eq!(state.held_by(&OwnerKey::Pod("uid-b".into())).len(), 0);
     assert_eq!(state.held_by(&OwnerKey::Pod("uid-a".into())).len(), 1);
 }
+
+#[test]
+fn a_del_without_pod_identity_still_releases_what_its_container_holds() {
+    let catalog = catalog(&dual_stack_pools());
+    let mut state = InMemoryState::new();
+    let request = with_ippool(pod("a", "n"), DUAL);
+    attach(&catalog, &mut state, &request);
+    let bare = Request::new(request.container_id.clone(), "eth0");
+    let changes = release_attachment(&state, &bare);
+    assert_eq!(changes.len(), 2, "found through the container");
+    // Another container's bare DEL finds nothing.
+    assert!(release_attachment(&state, &Request::new("someone-else", "eth0")).is_empty());
+    state.apply(&changes).unwrap();
+    assert!(state.held_by(&OwnerKey::Pod("uid-a".into())).is_empty());
+}
+
+#[test]
+fn a_retry_whose_pool_became_invalid_names_the_violation() {
+    let mut state = InMemoryState::new();
+    let request = with_ippool(pod("a", "n"), r#"{"ipv4": ["v4"]}"#);
+    attach(&catalog(&dual_stack_pools()), &mut state, &request);
+    let broken = [pool(
+        "v4",
+        "{subnet: 10.6.0.0/16, ips: [10.6.0.10-10.6.0.11], gateway: 10.9.0.1}",
+    )];
+    let err = allocate(&catalog(&broken), &state, &request).unwrap_err();
+    assert!(matches!(err, AllocateError::HeldInInvalidPool { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.gateway: 10.9.0.1 is outside subnet 10.6.0.0/16"),
+        "{err}"
+    );
+}
