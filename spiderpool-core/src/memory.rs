@@ -351,8 +351,11 @@ impl AllocationState for InMemoryState {
             .pools
             .iter()
             .flat_map(|ledger| {
-                ledger.held.iter().filter_map(move |(&value, holder)| {
-                    (holder.container_id() == container_id).then(|| HeldAddress {
+                ledger
+                    .held
+                    .iter()
+                    .filter(move |(_, holder)| holder.container_id() == container_id)
+                    .map(move |(&value, holder)| HeldAddress {
                         pool: ledger.name.clone(),
                         address: ledger
                             .version
@@ -360,7 +363,6 @@ impl AllocationState for InMemoryState {
                             .address(value),
                         holder: holder.clone(),
                     })
-                })
             })
             .collect();
         found.sort_by(|a, b| (&a.pool, a.address).cmp(&(&b.pool, b.address)));
