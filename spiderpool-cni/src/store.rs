@@ -10,13 +10,58 @@ use std::fs;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use spiderpool_core::{AllocationState, Change, HeldAddress, Holder, IpRange, IpVersion, OwnerKey, PodRef};
 
 /// The file name of the database inside the data directory.
 pub const STATE_FILE: &str = "state.db";
+
+/// The file writers lock, next to the database.
+const LOCK_FILE: &str = "state.lock";
+
+/// The writers' lock, held until dropped.
+struct WriterLock(fs::File);
+
+impl Drop for WriterLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// Removes a database file and its rollback journal.
+fn remove_with_journal(path: &Path) {
+    let _ = fs::remove_file(path);
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    let _ = fs::remove_file(journal);
+}
+
+/// Removes `state.new-<pid>` files of creators that no longer run (killed while creating).
+fn remove_abandoned_creations(path: &Path) {
+    let Some(directory) = path.parent() else { return };
+    let Ok(entries) = fs::read_dir(directory) else {
+        return;
+    };
+    let prefix = format!(
+        "{}.new-",
+        path.file_stem().and_then(|s| s.to_str()).unwrap_or(STATE_FILE)
+    );
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
 
 /// `PRAGMA application_id` of our databases: "SPIP".
 const APPLICATION_ID: i32 = 0x5350_4950;
@@ -138,11 +183,18 @@ pub struct Store {
     busy_wait: Duration,
 }
 
-/// The 100-byte SQLite header fields we check before letting SQLite touch a file.
-fn check_header(path: &Path) -> Result<bool, StoreError> {
+/// What the header of an existing store says.
+struct Header {
+    /// Whether the database is in WAL mode, where the header can lag the log.
+    wal: bool,
+}
+
+/// The 100-byte SQLite header fields we check before letting SQLite touch a file; `None` when
+/// there is no file yet.
+fn check_header(path: &Path) -> Result<Option<Header>, StoreError> {
     let mut file = match fs::File::open(path) {
         Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(StoreError::Directory {
                 path: path.to_owned(),
@@ -183,7 +235,10 @@ fn check_header(path: &Path) -> Result<bool, StoreError> {
             found: user_version,
         });
     }
-    Ok(true)
+    // Bytes 18 and 19: file format versions, 2 in WAL mode.
+    Ok(Some(Header {
+        wal: header[18] == 2 || header[19] == 2,
+    }))
 }
 
 impl Store {
@@ -201,60 +256,64 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(STATE_FILE);
-        if !check_header(&path)? {
-            Store::create(&path)?;
-            check_header(&path)?;
-        }
-        let database = |source| StoreError::Database {
-            path: path.clone(),
-            source,
+        let header = match check_header(&path)? {
+            Some(header) => header,
+            None => {
+                Store::create(&path)?;
+                check_header(&path)?.expect("the store was just created")
+            }
         };
+        let classify = |source| classify_with(&path, busy_wait, source);
         let connection =
-            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(database)?;
-        connection.busy_timeout(busy_wait).map_err(database)?;
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(classify)?;
+        connection.busy_timeout(busy_wait).map_err(classify)?;
+        // In WAL mode (another build's) the header can lag the log: ask SQLite too, before
+        // anything here may write.
+        if header.wal {
+            let version: i32 = connection
+                .query_row("PRAGMA user_version", [], |row| row.get(0))
+                .map_err(classify)?;
+            if version > SCHEMA_VERSION {
+                return Err(StoreError::Newer {
+                    path: path.clone(),
+                    found: version,
+                });
+            }
+        }
+        // A rollback journal kept between calls: each call is its own process, so a WAL would
+        // be created, checkpointed and deleted by every one of them.
         connection
-            .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
-            .map_err(database)?;
-        let store = Store {
+            .execute_batch("PRAGMA journal_mode = PERSIST; PRAGMA synchronous = FULL;")
+            .map_err(classify)?;
+        Ok(Store {
             connection,
             path,
             busy_wait,
-        };
-        // The header can lag the write-ahead log; ask SQLite too.
-        let version: i32 = store
-            .connection
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(|source| classify_with(&store.path, store.busy_wait, source))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Newer {
-                path: store.path.clone(),
-                found: version,
-            });
-        }
-        Ok(store)
+        })
     }
 
     /// Creates a complete database under a temporary name and links it into place, so that no
     /// process ever sees a half-made store; when another process won the race, its store stays.
+    /// Temporary databases of creators that were killed are removed first.
     fn create(path: &Path) -> Result<(), StoreError> {
+        remove_abandoned_creations(path);
         let temporary = path.with_extension(format!("new-{}", std::process::id()));
         let database = |source| StoreError::Database {
             path: temporary.clone(),
             source,
         };
-        let _ = fs::remove_file(&temporary);
+        remove_with_journal(&temporary);
         {
             let connection = Connection::open(&temporary).map_err(database)?;
             connection
                 .execute_batch(&format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA application_id = {APPLICATION_ID};
-                     BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;
-                     PRAGMA wal_checkpoint(TRUNCATE);"
+                    "PRAGMA application_id = {APPLICATION_ID};
+                     BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(database)?;
         }
         let linked = fs::hard_link(&temporary, path);
-        let _ = fs::remove_file(&temporary);
+        remove_with_journal(&temporary);
         match linked {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -262,6 +321,43 @@ impl Store {
                 path: path.to_owned(),
                 source,
             }),
+        }
+    }
+
+    /// Takes the writers' lock of the data directory (`state.lock`), waiting at most the busy
+    /// wait. Writers queue here, polling every few hundred microseconds, rather than in
+    /// SQLite's busy handler, which sleeps up to 100 ms between tries and lets some callers of
+    /// a burst wait seconds.
+    fn lock_writers(&self) -> Result<WriterLock, StoreError> {
+        let lock_path = self.path.with_file_name(LOCK_FILE);
+        let io = |source| StoreError::Directory {
+            path: lock_path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        let deadline = Instant::now() + self.busy_wait;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(WriterLock(file)),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(source)) => return Err(io(source)),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::Busy {
+                    path: self.path.clone(),
+                    waited: self.busy_wait,
+                });
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(1));
         }
     }
 
@@ -276,6 +372,7 @@ impl Store {
         &mut self,
         work: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
+        let _writers = self.lock_writers()?;
         let transaction = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)

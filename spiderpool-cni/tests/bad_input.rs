@@ -666,11 +666,11 @@ fn a_newer_schema_written_into_the_header_bytes_is_refused_and_left_untouched() 
 #[test]
 fn a_newer_schema_still_in_the_write_ahead_log_is_refused_and_left_untouched() {
     let fixture = populated();
-    // Another process wrote user_version 2 and has not checkpointed yet: the file header
-    // still says 1, the write-ahead log says 2.
+    // A newer build using a write-ahead log wrote user_version 2 and has not checkpointed
+    // yet: the file header still says 1, the log says 2.
     let newer = rusqlite::Connection::open(fixture.state_file()).unwrap();
     newer
-        .execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA user_version = 2;")
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; PRAGMA user_version = 2;")
         .unwrap();
     let header = std::fs::read(fixture.state_file()).unwrap();
     assert_eq!(&header[60..64], &1u32.to_be_bytes(), "the header lags the log");

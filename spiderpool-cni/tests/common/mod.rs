@@ -230,7 +230,8 @@ pub struct Allocation {
     pub pod: Option<String>,
 }
 
-/// The files below a directory and their bytes, to prove that a call changed nothing.
+/// The files below a directory and their bytes, to prove that a call changed nothing. A
+/// rollback journal counts only by whether it holds a live transaction.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Snapshot(BTreeMap<PathBuf, Vec<u8>>);
 
@@ -245,6 +246,19 @@ impl Snapshot {
                 let path = entry.path();
                 if path.is_dir() {
                     walk(&path, files);
+                } else if path.to_string_lossy().ends_with("-journal") {
+                    // SQLite keeps its rollback journal between transactions (PERSIST) and
+                    // zeroes its header when one ends: what counts is whether one is live.
+                    let bytes = std::fs::read(&path).unwrap_or_default();
+                    let hot = bytes.starts_with(&[0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7]);
+                    files.insert(
+                        path.clone(),
+                        if hot {
+                            b"live transaction".to_vec()
+                        } else {
+                            Vec::new()
+                        },
+                    );
                 } else {
                     files.insert(path.clone(), std::fs::read(&path).unwrap_or_default());
                 }
