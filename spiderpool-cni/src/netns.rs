@@ -409,7 +409,12 @@ pub struct Topology {
 impl Topology {
     /// Builds the namespaces. `prefix` makes the names unique (e.g. `sp<pid>`); what was built
     /// before a failing step is deleted again.
+    ///
+    /// A topology whose builder was killed (Ctrl-C during the demo) could not delete its
+    /// namespaces; those, named `sp<pid>...-` after a process that no longer runs, are deleted
+    /// first.
     pub fn build(prefix: &str, zones: &[Zone], uplink: Uplink) -> Result<Topology, NetnsError> {
+        remove_abandoned_namespaces()?;
         let router = Namespace::create(&format!("{prefix}-router"))?;
         router.sysctl("net.ipv4.ip_forward=1")?;
         let mut nodes = Vec::new();
@@ -475,6 +480,37 @@ impl Topology {
             .map(|namespace| namespace.name().to_owned())
             .collect()
     }
+}
+
+/// Deletes the namespaces of topologies whose builder process is gone: names `sp<pid><tag>-<role>`
+/// (role `router`, `node<n>` or `pod<n>`) where no process `pid` runs.
+fn remove_abandoned_namespaces() -> Result<(), NetnsError> {
+    for name in list_namespaces()? {
+        if let Some(pid) = builder_pid(&name)
+            && !Path::new("/proc").join(pid.to_string()).exists()
+        {
+            drop(Namespace { name });
+        }
+    }
+    Ok(())
+}
+
+/// The builder's pid in a topology namespace's name, `None` for any other name.
+fn builder_pid(name: &str) -> Option<u32> {
+    let (prefix, role) = name.strip_prefix("sp")?.split_once('-')?;
+    let numbered = |stem: &str| {
+        role.strip_prefix(stem)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if role != "router" && !numbered("node") && !numbered("pod") {
+        return None;
+    }
+    let digits = prefix.bytes().take_while(u8::is_ascii_digit).count();
+    let tag = &prefix[digits..];
+    if !tag.bytes().all(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    prefix[..digits].parse().ok()
 }
 
 /// The names of the network namespaces that exist now (`ip netns list`).
@@ -658,4 +694,31 @@ pub fn link_ipam_plugin(dir: &Path, binary: &Path) -> Result<PathBuf, NetnsError
 /// `CNI_PATH` for Debian's plugins with the IPAM plugin in `ipam_dir`.
 pub fn cni_path(ipam_dir: &Path) -> String {
     format!("{PLUGIN_DIR}:{}", ipam_dir.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::builder_pid;
+
+    #[test]
+    fn topology_namespaces_name_their_builder() {
+        assert_eq!(builder_pid("sp4242-router"), Some(4242));
+        assert_eq!(builder_pid("sp4242m-node1"), Some(4242));
+        assert_eq!(builder_pid("sp7-pod12"), Some(7));
+    }
+
+    #[test]
+    fn other_namespaces_are_never_claimed() {
+        for name in [
+            "sp-router",
+            "spx-router",
+            "sp42-routers",
+            "sp42-node",
+            "sp42-podx",
+            "cni-1234",
+            "sp42M-pod1",
+        ] {
+            assert_eq!(builder_pid(name), None, "{name}");
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! The embedded store: allocation state in one SQLite database in the data directory.
 //!
-//! Every call of the plugin opens the database, takes the write lock for the whole decision
-//! (`BEGIN IMMEDIATE`: writers queue up, readers never wait), reads what the engine asks
-//! through indexed queries, writes the plan, and commits durably (WAL, `synchronous=FULL`)
-//! before answering. A kill at any point leaves either the old state or the new one.
+//! Every call of the plugin opens the database, queues on the writers' lock file
+//! (`state.lock`), holds SQLite's write lock for the whole decision (`BEGIN IMMEDIATE`), reads
+//! what the engine asks through indexed queries, writes the plan, and commits durably (rollback
+//! journal kept between calls, `synchronous=FULL`) before answering. A kill at any point
+//! leaves either the old state or the new one.
 
 use std::cell::RefCell;
 use std::fs;
