@@ -66,6 +66,16 @@ pub enum Command {
     /// Every candidate pool for a pod, why it is accepted, rejected or full, and the address
     /// an ADD would get now. Changes nothing.
     Explain(Box<ExplainArgs>),
+    /// Runs the node agent of the cluster mode: serves the plugin's calls (`ipam.agent_socket`)
+    /// on a unix socket, with one API client and allocations written in batches.
+    Agent {
+        /// Where to listen.
+        #[arg(long, default_value = "/run/spiderpool/agent.sock")]
+        socket: PathBuf,
+        /// The cluster's kubeconfig; default `KUBECONFIG`, then the in-cluster service account.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Runs a scenario end to end.
     Demo {
         /// Which scenario.
@@ -232,6 +242,9 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
         Command::Demo {
             scenario: DemoScenario::NetworkZones { netns },
         } => crate::demo::network_zones_demo(*netns).map_err(fail),
+        Command::Agent { socket, kubeconfig } => crate::cluster::serve_agent(socket, kubeconfig.as_deref())
+            .map(|()| String::new())
+            .map_err(fail),
     }
 }
 

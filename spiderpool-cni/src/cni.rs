@@ -393,6 +393,15 @@ pub struct IpamConfig {
     /// No default route through the pools' gateways.
     #[serde(default)]
     pub clean_gateway: bool,
+    /// A kubeconfig file: selects the cluster mode, where pools, pod facts and allocations
+    /// live in the Kubernetes API server, and `ippools_path`, `ippools` and `data_dir` are not
+    /// used.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The unix socket of the node's `spiderpool agent`: selects the cluster mode through the
+    /// agent, which batches allocations and keeps one API client.
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
     /// How long a call waits for other calls holding the state, in milliseconds, before it
     /// answers "try again later" (code 11); default 10,000.
     #[serde(default)]

@@ -12,6 +12,7 @@ use spiderpool_core::{
     attachment_addresses, collect_garbage, next_free, release_attachment,
 };
 
+use crate::agent::{self, AgentCall, AgentRequest};
 use crate::cni::{
     CniError, Command, Invocation, IpamConfig, IpamResult, NetworkConfig, PodMetadata, ResultAddress,
     ResultRoute, SpecVersion, codes, prev_result_addresses, version_json,
@@ -24,6 +25,9 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/spiderpool";
 
 /// How long a call waits for other writers when `ipam.busy_wait_ms` is not set.
 const DEFAULT_BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a call waits for the agent when `ipam.busy_wait_ms` is not set.
+const AGENT_WAIT: Duration = Duration::from_secs(60);
 
 /// What a command prints and how it exits.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +74,10 @@ pub fn run(command: &str, var: impl Fn(&str) -> Option<String>, stdin: &[u8]) ->
             var: &var,
         };
         match command {
-            Command::Add => call.add().map(|result| Some(result.to_json(version))),
+            Command::Add => match call.agent() {
+                Some((socket, wait)) => call.add_through_agent(socket, wait).map(Some),
+                None => call.add().map(|result| Some(result.to_json(version))),
+            },
             Command::Del => call.del().map(|()| None),
             Command::Check => call.check().map(|()| None),
             Command::Gc => call.gc().map(|()| None),
@@ -124,7 +131,7 @@ impl From<ApplyFailure> for CniError {
 }
 
 /// The CNI error for an engine refusal.
-fn refusal(error: AllocateError) -> CniError {
+pub(crate) fn refusal(error: AllocateError) -> CniError {
     match error {
         AllocateError::NoPoolAvailable(unavailable) => {
             let details: Vec<String> = unavailable.failed.iter().map(ToString::to_string).collect();
@@ -194,7 +201,29 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
         Ok(request)
     }
 
+    /// The agent's socket and how long to wait for it, in the agent mode.
+    fn agent(&self) -> Option<(&std::path::Path, Duration)> {
+        let wait = self.ipam.busy_wait_ms.map_or(AGENT_WAIT, Duration::from_millis);
+        self.ipam.agent_socket.as_deref().map(|socket| (socket, wait))
+    }
+
+    fn add_through_agent(&self, socket: &std::path::Path, wait: Duration) -> Result<Value, CniError> {
+        let call = AgentCall::Add {
+            request: AgentRequest::from_request(&self.cluster_request()?),
+            cni_version: self.config.cni_version.clone(),
+        };
+        agent::call(socket, &call, wait)
+    }
+
     fn add(&self) -> Result<IpamResult, CniError> {
+        if let Some(kubeconfig) = &self.ipam.kubeconfig {
+            let request = self.cluster_request()?;
+            let allocation = crate::cluster::run(kubeconfig, |store| {
+                let request = request.clone();
+                async move { store.allocate(request).await }
+            })?;
+            return Ok(result_of(&allocation.plan, &request.interface));
+        }
         self.require_pool_definitions()?;
         let request = self.request()?;
         let mut store = self.open()?;
@@ -207,6 +236,15 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
     }
 
     fn del(&self) -> Result<(), CniError> {
+        if let Some((socket, wait)) = self.agent() {
+            let request = AgentRequest::from_request(&self.cluster_request()?);
+            return agent::call(socket, &AgentCall::Del { request }, wait).map(|_| ());
+        }
+        if let Some(kubeconfig) = &self.ipam.kubeconfig {
+            let request = self.cluster_request()?;
+            crate::cluster::run(kubeconfig, |store| async move { store.release(&request).await })?;
+            return Ok(());
+        }
         let request = self.request()?;
         let mut store = self.open()?;
         store.write(|transaction| {
@@ -225,6 +263,31 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
             )
         })?;
         let expected: BTreeSet<IpAddr> = prev_result_addresses(prev)?.into_iter().collect();
+        if let Some((socket, wait)) = self.agent() {
+            let request = self.cluster_request()?;
+            let call = AgentCall::Held {
+                request: AgentRequest::from_request(&request),
+            };
+            let held = agent::call(socket, &call, wait)?;
+            let held = serde_json::from_value::<BTreeSet<IpAddr>>(held).map_err(|err| {
+                CniError::new(
+                    codes::DECODING_FAILURE,
+                    format!("the agent's addresses: {err}"),
+                    "",
+                )
+            })?;
+            return compare_with_prev_result(&request, held, &expected);
+        }
+        if let Some(kubeconfig) = &self.ipam.kubeconfig {
+            let request = self.cluster_request()?;
+            let (_, state) = crate::cluster::run(kubeconfig, |store| async move { store.state().await })?;
+            let held = attachment_addresses(&state, &request, std::slice::from_ref(&request.interface));
+            return compare_with_prev_result(
+                &request,
+                held.into_iter().map(|h| h.address).collect(),
+                &expected,
+            );
+        }
         let mut store = self.open()?;
         let held: BTreeSet<IpAddr> = store.read(|transaction| {
             let interfaces = [request.interface.clone()];
@@ -235,22 +298,15 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
                     .collect(),
             )
         })?;
-        if held != expected {
-            let list =
-                |set: &BTreeSet<IpAddr>| set.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-            return Err(CniError::new(
-                codes::CHECK_MISMATCH,
-                format!(
-                    "the stored allocation of {} for {} differs from prevResult",
-                    request.interface, request.container_id
-                ),
-                format!("stored [{}], prevResult [{}]", list(&held), list(&expected)),
-            ));
-        }
-        Ok(())
+        compare_with_prev_result(&request, held, &expected)
     }
 
     fn gc(&self) -> Result<(), CniError> {
+        if self.ipam.kubeconfig.is_some() || self.ipam.agent_socket.is_some() {
+            // In a cluster the controller collects garbage from the API's view of pods, which
+            // is wider than one runtime's list of attachments.
+            return Ok(());
+        }
         // An absent list means no attachment is valid, as libcni's cnitool sends it.
         let valid: Vec<(String, String)> = self
             .config
@@ -277,6 +333,19 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
     }
 
     fn ready(&self) -> Result<(), CniError> {
+        if let Some((socket, wait)) = self.agent() {
+            return agent::call(socket, &AgentCall::Status, wait).map(|_| ());
+        }
+        if let Some(kubeconfig) = &self.ipam.kubeconfig {
+            let (catalog, _) = crate::cluster::run(kubeconfig, |store| async move { store.state().await })?;
+            if catalog.pools().next().is_none() {
+                return Err(CniError::invalid_config(
+                    "no valid SpiderIPPool in the cluster",
+                    "kubectl apply SpiderIPPool objects",
+                ));
+            }
+            return Ok(());
+        }
         self.require_pool_definitions()?;
         let mut store = self.open()?;
         store.read(|transaction| {
@@ -299,6 +368,19 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
         })
     }
 
+    /// The request of the cluster mode: the runtime's identities of pod, container,
+    /// interface and network; labels and annotations come from the API server, and the node
+    /// from the pod unless `ipam.node_name` names it.
+    fn cluster_request(&self) -> Result<Request, CniError> {
+        let mut request = self.request()?;
+        request.pod.labels.clear();
+        request.pod.annotations.clear();
+        request.namespace = Default::default();
+        request.node.labels.clear();
+        request.node.name = self.ipam.node_name.clone().unwrap_or_default();
+        Ok(request)
+    }
+
     /// Pools come from somewhere: `ipam.ippools_path` or `ipam.ippools`.
     fn require_pool_definitions(&self) -> Result<(), CniError> {
         if self.ipam.ippools_path.is_none() && self.ipam.ippools.is_empty() {
@@ -309,6 +391,26 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
         }
         Ok(())
     }
+}
+
+/// CHECK's verdict: the stored addresses of the attachment are those of `prevResult`.
+fn compare_with_prev_result(
+    request: &Request,
+    held: BTreeSet<IpAddr>,
+    expected: &BTreeSet<IpAddr>,
+) -> Result<(), CniError> {
+    if held == *expected {
+        return Ok(());
+    }
+    let list = |set: &BTreeSet<IpAddr>| set.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    Err(CniError::new(
+        codes::CHECK_MISMATCH,
+        format!(
+            "the stored allocation of {} for {} differs from prevResult",
+            request.interface, request.container_id
+        ),
+        format!("stored [{}], prevResult [{}]", list(&held), list(expected)),
+    ))
 }
 
 /// This node's name: `ipam.node_name`, else `NODE_NAME`, else the host name.

@@ -271,6 +271,34 @@ impl InMemoryState {
         Ok(())
     }
 
+    /// Makes the next search of `pool` start after `address`, as a cursor stored elsewhere
+    /// (a pool's `status.lastAllocatedIP`) says.
+    ///
+    /// ```
+    /// use spiderpool_core::{AllocationState, InMemoryState};
+    /// let mut state = InMemoryState::new();
+    /// let last = "10.6.168.64".parse().unwrap();
+    /// state.set_cursor("p", last).unwrap();
+    /// assert_eq!(state.cursor("p"), Some(last));
+    /// ```
+    pub fn set_cursor(&mut self, pool: &str, address: IpAddr) -> Result<(), ApplyError> {
+        let version = IpVersion::of(address);
+        let id = match self.ids.get(pool) {
+            Some(&id) => id,
+            None => self.add_ledger(pool),
+        };
+        let ledger = &mut self.pools[id as usize];
+        if ledger.version.is_some_and(|v| v != version) {
+            return Err(ApplyError::WrongFamily {
+                pool: pool.into(),
+                address,
+            });
+        }
+        ledger.version = Some(version);
+        ledger.cursor = Some(to_u128(address));
+        Ok(())
+    }
+
     fn add_ledger(&mut self, pool: &str) -> u32 {
         let id = u32::try_from(self.pools.len()).expect("fewer than 2^32 pools");
         self.ids.insert(pool.to_owned(), id);

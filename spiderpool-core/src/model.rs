@@ -77,6 +77,8 @@ pub struct SpiderIPPool {
 
 /// The `spec` of a [`SpiderIPPool`], field for field as in Spiderpool's CRD.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(transform = require_subnet))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IPPoolSpec {
     /// 4 or 6; inferred from `subnet` when absent.
@@ -84,6 +86,7 @@ pub struct IPPoolSpec {
     pub ip_version: Option<i64>,
     /// The subnet in canonical CIDR form, e.g. `10.6.0.0/16`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("format" = "cidr")))]
     pub subnet: String,
     /// Ranges of addresses the pool hands out: `a` or `a-b`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -120,17 +123,35 @@ pub struct IPPoolSpec {
     pub multus_name: Vec<String>,
     /// Whether the pool is a cluster default, used when nothing names a pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub default: Option<bool>,
     /// Whether allocation from the pool is switched off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub disable: Option<bool>,
+}
+
+/// In a CustomResourceDefinition `subnet` is required, without a default: the field is
+/// `serde(default)` only so that the engine reports a missing subnet with the other violations.
+#[cfg(feature = "schema")]
+fn require_subnet(schema: &mut schemars::Schema) {
+    if let Some(subnet) = schema
+        .get_mut("properties")
+        .and_then(|properties| properties.get_mut("subnet"))
+        .and_then(|subnet| subnet.as_object_mut())
+    {
+        subnet.remove("default");
+    }
+    schema.insert("required".into(), serde_json::json!(["subnet"]));
 }
 
 /// A route handed to pods: destination CIDR and next hop.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Destination, in CIDR notation.
+    #[cfg_attr(feature = "schema", schemars(extend("format" = "cidr")))]
     pub dst: String,
     /// Next hop, inside the pool's subnet.
     pub gw: String,
@@ -138,6 +159,7 @@ pub struct Route {
 
 /// The `status` of a [`SpiderIPPool`], as Spiderpool writes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct IPPoolStatus {
     /// JSON text: address to `{"pod": "ns/name", "podUid": uid, ...}`. Absent when empty.
@@ -149,6 +171,10 @@ pub struct IPPoolStatus {
     /// Number of addresses in `ips` minus `excludeIPs`, capped at `i64::MAX`.
     #[serde(default, rename = "totalIPCount", skip_serializing_if = "Option::is_none")]
     pub total_ip_count: Option<i64>,
+    /// The address most recently allocated: the next allocation searches after it, so that a
+    /// just-released address is not handed out again at once. Not in Spiderpool's status.
+    #[serde(default, rename = "lastAllocatedIP", skip_serializing_if = "Option::is_none")]
+    pub last_allocated_ip: Option<String>,
 }
 
 /// A `SpiderReservedIP`: addresses no pool may hand out, cluster-wide.
@@ -167,6 +193,7 @@ pub struct SpiderReservedIP {
 
 /// The `spec` of a [`SpiderReservedIP`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReservedIPSpec {
     /// 4 or 6; inferred from the first range when absent.

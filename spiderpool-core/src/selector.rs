@@ -21,6 +21,7 @@ pub type Labels = BTreeMap<String, String>;
 /// assert!(!selector.matches(&Labels::new()));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     /// Labels that must be present with exactly these values.
@@ -33,6 +34,7 @@ pub struct LabelSelector {
 
 /// One requirement of a selector: a key, an operator and, for `In` / `NotIn`, values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     /// The label key the requirement is about.
@@ -46,6 +48,7 @@ pub struct LabelSelectorRequirement {
 
 /// The operator of a [`LabelSelectorRequirement`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum SelectorOperator {
     /// The label is present and its value is one of `values`.
     In,

@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::allocate::next_free;
 use crate::catalog::{CatalogEntry, PoolCatalog};
+use crate::memory::InMemoryState;
 use crate::model::IPPoolStatus;
 use crate::pool::Pool;
 use crate::range::{IpRange, IpSet};
-use crate::state::AllocationState;
+use crate::state::{AllocationState, Change, Holder, OwnerKey, PodRef};
 
 /// How much of a pool is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +108,91 @@ pub fn pool_status(pool: &Pool, state: &(impl AllocationState + ?Sized)) -> IPPo
         allocated_ips: (!records.is_empty())
             .then(|| serde_json::to_string(&records).expect("records serialize to JSON")),
         total_ip_count: Some(count(pool.total_count())),
+        last_allocated_ip: state.cursor(pool.name()).map(|address| address.to_string()),
     }
+}
+
+/// The allocation state that pools' statuses record (`allocatedIPs` and `lastAllocatedIP`, as
+/// [`pool_status`] writes them): what an adapter keeping state in pool objects hands the
+/// engine. A record names its owner by `podUid`, or by `containerID` when it has no pod.
+///
+/// ```
+/// use spiderpool_core::*;
+/// let status = IPPoolStatus {
+///     allocated_ips: Some(r#"{"10.6.168.60":{"pod":"default/web-0","podUid":"u1","interface":"eth0"}}"#.into()),
+///     last_allocated_ip: Some("10.6.168.60".into()),
+///     ..IPPoolStatus::default()
+/// };
+/// let state = state_from_statuses([("test-ippool-6", &status)]).unwrap();
+/// let held = state.held_by(&OwnerKey::Pod("u1".into()));
+/// assert_eq!(held[0].address.to_string(), "10.6.168.60");
+/// assert_eq!(state.cursor("test-ippool-6"), Some("10.6.168.60".parse().unwrap()));
+/// ```
+pub fn state_from_statuses<'a>(
+    statuses: impl IntoIterator<Item = (&'a str, &'a IPPoolStatus)>,
+) -> Result<InMemoryState, StatusStateError> {
+    let mut state = InMemoryState::new();
+    for (pool, status) in statuses {
+        let bad = |problem: String| StatusStateError {
+            pool: pool.to_owned(),
+            problem,
+        };
+        let records = match status.allocated_ips.as_deref() {
+            Some(text) => parse_allocated_ips(text).map_err(|err| bad(err.to_string()))?,
+            None => BTreeMap::new(),
+        };
+        let changes = records
+            .into_iter()
+            .map(|(address, record)| {
+                let owner = match (record.pod_uid.as_str(), record.container_id.as_str()) {
+                    ("", "") => {
+                        return Err(bad(format!(
+                            "status.allocatedIPs: {address} names neither podUid nor containerID; \
+                             release it or write its owner"
+                        )));
+                    }
+                    ("", container) => OwnerKey::Container(container.to_owned()),
+                    (uid, _) => OwnerKey::Pod(uid.to_owned()),
+                };
+                let pod = record.pod.split_once('/').map(|(namespace, name)| PodRef {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                });
+                let holder = Holder::new(&owner, &record.interface, pod.as_ref(), &record.container_id);
+                Ok(Change::Allocate {
+                    pool: pool.to_owned(),
+                    address,
+                    holder,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        state
+            .apply(&changes)
+            .map_err(|err| bad(format!("status.allocatedIPs: {err}")))?;
+        match status.last_allocated_ip.as_deref().map(str::parse::<IpAddr>) {
+            Some(Ok(address)) => state
+                .set_cursor(pool, address)
+                .map_err(|err| bad(format!("status.lastAllocatedIP: {err}")))?,
+            Some(Err(_)) => {
+                return Err(bad(format!(
+                    "status.lastAllocatedIP: {:?} is not an IP address; remove it",
+                    status.last_allocated_ip.as_deref().unwrap_or_default()
+                )));
+            }
+            None => {}
+        }
+    }
+    Ok(state)
+}
+
+/// A pool's status cannot be read as allocation state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pool {pool}: {problem}")]
+pub struct StatusStateError {
+    /// The pool.
+    pub pool: String,
+    /// What is wrong, naming the field.
+    pub problem: String,
 }
 
 /// Reads `status.allocatedIPs` JSON text, as Spiderpool or [`pool_status`] wrote it.

@@ -1,0 +1,73 @@
+//! The plugin's cluster mode: `ipam.kubeconfig` names the API server that holds pools, pod
+//! facts and allocations; each call builds a client, asks [`ClusterStore`], and answers.
+
+use std::future::Future;
+use std::path::Path;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use spiderpool_k8s::{ClusterError, ClusterStore};
+
+use crate::cni::{CniError, codes};
+use crate::plugin::refusal;
+
+/// Runs `work` against the cluster `kubeconfig` names, on a runtime of this thread.
+pub fn run<T, F: Future<Output = Result<T, ClusterError>>>(
+    kubeconfig: &Path,
+    work: impl FnOnce(ClusterStore) -> F,
+) -> Result<T, CniError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| CniError::new(codes::IO_FAILURE, format!("starting the runtime: {err}"), ""))?;
+    runtime.block_on(async {
+        let store = ClusterStore::new(client(kubeconfig).await?);
+        work(store).await.map_err(cni_error)
+    })
+}
+
+/// `spiderpool agent`: serves `socket` until killed.
+pub fn serve_agent(socket: &Path, kubeconfig: Option<&Path>) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("starting the runtime: {err}"))?;
+    runtime.block_on(async {
+        let client = match kubeconfig {
+            Some(path) => client(path).await.map_err(|err| err.msg)?,
+            None => kube::Client::try_default().await.map_err(|err| {
+                format!("no kubeconfig: {err}; pass --kubeconfig, set KUBECONFIG, or run in a pod")
+            })?,
+        };
+        eprintln!("spiderpool agent: serving {}", socket.display());
+        crate::agent::serve(socket, ClusterStore::new(client))
+            .await
+            .map_err(|err| format!("serving {}: {err}", socket.display()))
+    })
+}
+
+/// A client of the cluster the kubeconfig file names.
+async fn client(path: &Path) -> Result<kube::Client, CniError> {
+    let invalid = |problem: String| {
+        CniError::invalid_config(
+            format!("ipam.kubeconfig: {}: {problem}", path.display()),
+            "point ipam.kubeconfig at a readable kubeconfig file for this node",
+        )
+    };
+    let file = Kubeconfig::read_from(path).map_err(|err| invalid(err.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .map_err(|err| invalid(err.to_string()))?;
+    kube::Client::try_from(config).map_err(|err| invalid(err.to_string()))
+}
+
+/// The CNI error for a cluster failure: "try again" for what may pass, the engine's codes for
+/// its refusals.
+pub(crate) fn cni_error(error: ClusterError) -> CniError {
+    match error {
+        ClusterError::Refused(refused) => refusal(refused),
+        ClusterError::NoPod => CniError::new(codes::INVALID_ENVIRONMENT, error.to_string(), ""),
+        ClusterError::Status(_) => CniError::new(codes::STATE_REFUSED, error.to_string(), ""),
+        // Unreachable or contended API, a pod or node the API does not know yet: all may pass.
+        other => CniError::new(codes::TRY_AGAIN_LATER, other.to_string(), ""),
+    }
+}

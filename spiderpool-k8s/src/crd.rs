@@ -1,0 +1,245 @@
+//! The custom resources of `spiderpool.spidernet.io/v2beta1`, as Kubernetes serves them.
+//!
+//! The specs of pools and reserved IPs are the core's wire types ([`spiderpool_core::IPPoolSpec`],
+//! [`spiderpool_core::ReservedIPSpec`]), so what the API server stores is exactly what the
+//! engine validates: one definition per field. [`crds`] renders the CustomResourceDefinitions
+//! that `deploy/crds/` holds.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResource;
+use kube::core::{CustomResourceExt, Resource};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use spiderpool_core::{IPPoolSpec, IPPoolStatus, ReservedIPSpec};
+
+/// The API group of every resource here.
+pub const GROUP: &str = "spiderpool.spidernet.io";
+/// Their version.
+pub const VERSION: &str = "v2beta1";
+
+/// The spec of a [`SpiderIPPool`]: the core's [`IPPoolSpec`], field for field.
+///
+/// The derive also generates [`SpiderIPPool`], the cluster-scoped object with its status
+/// subresource and the printer columns of `kubectl get spiderippool`.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderIPPool",
+    shortname = "sp",
+    status = "IPPoolStatus",
+    printcolumn = r#"{"name": "VERSION", "type": "string", "jsonPath": ".spec.ipVersion"}"#,
+    printcolumn = r#"{"name": "SUBNET", "type": "string", "jsonPath": ".spec.subnet"}"#,
+    printcolumn = r#"{"name": "ALLOCATED-IP-COUNT", "type": "integer", "jsonPath": ".status.allocatedIPCount"}"#,
+    printcolumn = r#"{"name": "TOTAL-IP-COUNT", "type": "integer", "jsonPath": ".status.totalIPCount"}"#,
+    printcolumn = r#"{"name": "DEFAULT", "type": "boolean", "jsonPath": ".spec.default"}"#,
+    printcolumn = r#"{"name": "DISABLE", "type": "boolean", "jsonPath": ".spec.disable"}"#
+)]
+#[serde(transparent)]
+#[schemars(
+    transparent,
+    description = "Addresses of one subnet, and the nodes, namespaces, pods and networks they serve."
+)]
+pub struct SpiderIPPoolSpec(pub IPPoolSpec);
+
+/// The spec of a [`SpiderReservedIP`]: the core's [`ReservedIPSpec`].
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderReservedIP",
+    shortname = "sr",
+    printcolumn = r#"{"name": "VERSION", "type": "string", "jsonPath": ".spec.ipVersion"}"#
+)]
+#[serde(transparent)]
+#[schemars(transparent, description = "Addresses no pool hands out.")]
+pub struct SpiderReservedIPSpec(pub ReservedIPSpec);
+
+/// The allocations of one pod, in its namespace under its name: what it holds, on which node,
+/// and who owns it (a StatefulSet pod keeps its addresses across re-creation).
+///
+/// Spiderpool keeps these facts in `status.current`; here they are the spec, so that an
+/// allocation writes its endpoint in one request (see `docs/decisions/0007-cluster-storage.md`).
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderEndpoint",
+    namespaced,
+    shortname = "se",
+    printcolumn = r#"{"name": "INTERFACE", "type": "string", "jsonPath": ".spec.ips[0].interface"}"#,
+    printcolumn = r#"{"name": "IPV4POOL", "type": "string", "jsonPath": ".spec.ips[0].ipv4Pool"}"#,
+    printcolumn = r#"{"name": "IPV4", "type": "string", "jsonPath": ".spec.ips[0].ipv4"}"#,
+    printcolumn = r#"{"name": "IPV6POOL", "type": "string", "jsonPath": ".spec.ips[0].ipv6Pool"}"#,
+    printcolumn = r#"{"name": "IPV6", "type": "string", "jsonPath": ".spec.ips[0].ipv6"}"#,
+    printcolumn = r#"{"name": "NODE", "type": "string", "jsonPath": ".spec.node"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiderEndpointSpec {
+    /// The UID of the pod holding the addresses.
+    pub uid: String,
+    /// The node the pod runs on.
+    pub node: String,
+    /// The sandbox (container ID) of the last ADD.
+    #[serde(default, rename = "containerID", skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    /// The kind of the pod's controller (`StatefulSet`, `ReplicaSet`, ...), or `Pod`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner_controller_type: String,
+    /// The name of the pod's controller.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner_controller_name: String,
+    /// One entry per interface.
+    #[serde(default)]
+    pub ips: Vec<EndpointInterface>,
+}
+
+/// The addresses of one interface of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointInterface {
+    /// The interface name.
+    pub interface: String,
+    /// The pool of the IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_pool: Option<String>,
+    /// The IPv4 address with its prefix length, e.g. `10.6.168.60/16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<String>,
+    /// The IPv4 gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "ipv4"))]
+    pub ipv4_gateway: Option<String>,
+    /// The pool of the IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_pool: Option<String>,
+    /// The IPv6 address with its prefix length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+    /// The IPv6 gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "ipv6"))]
+    pub ipv6_gateway: Option<String>,
+    /// Whether the interface gets no default route.
+    #[serde(default)]
+    pub clean_gateway: bool,
+}
+
+/// A Multus network for Spiderpool's IPAM: the controller renders and owns the
+/// `NetworkAttachmentDefinition` of the same namespace and name.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderMultusConfig",
+    namespaced,
+    shortname = "smc"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiderMultusConfigSpec {
+    /// The main CNI plugin: `macvlan`, `ipvlan`, `sriov` or `custom`.
+    #[serde(default = "default_cni_type")]
+    #[schemars(extend("enum" = ["macvlan", "ipvlan", "sriov", "custom"]))]
+    pub cni_type: String,
+    /// Settings of `cniType: macvlan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macvlan: Option<LinkConfig>,
+    /// Settings of `cniType: ipvlan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipvlan: Option<LinkConfig>,
+    /// Settings of `cniType: sriov`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sriov: Option<SriovConfig>,
+    /// The whole CNI configuration (JSON text) of `cniType: custom`.
+    #[serde(default, rename = "customCNI", skip_serializing_if = "Option::is_none")]
+    pub custom_cni: Option<String>,
+    /// Whether Spiderpool's `coordinator` plugin is chained after the main plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_coordinator: Option<bool>,
+    /// Settings of the coordinator, kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub coordinator: Option<Value>,
+    /// Whether the network has no IPAM at all.
+    #[serde(default, rename = "disableIPAM", skip_serializing_if = "Option::is_none")]
+    pub disable_ipam: Option<bool>,
+}
+
+/// An object whose fields the API server keeps as written.
+fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+fn default_cni_type() -> String {
+    "custom".into()
+}
+
+/// The settings of a macvlan or ipvlan network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkConfig {
+    /// The node's interface the pods' interfaces sit on.
+    #[serde(default)]
+    pub master: Vec<String>,
+    /// A VLAN tag; 0 or absent for none.
+    #[serde(default, rename = "vlanID", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4094))]
+    pub vlan_id: Option<i32>,
+    /// The default pools of the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ippools: Option<NetworkPools>,
+}
+
+/// The settings of an SR-IOV network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SriovConfig {
+    /// The device plugin resource of the virtual functions.
+    #[serde(default)]
+    pub resource_name: String,
+    /// A VLAN tag; 0 or absent for none.
+    #[serde(default, rename = "vlanID", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4094))]
+    pub vlan_id: Option<i32>,
+    /// The default pools of the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ippools: Option<NetworkPools>,
+}
+
+/// The default pools of a network, per family.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkPools {
+    /// IPv4 pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv4: Vec<String>,
+    /// IPv6 pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6: Vec<String>,
+}
+
+/// Every CustomResourceDefinition, with the file name it has in `deploy/crds/`.
+pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
+    fn named<K: CustomResourceExt + Resource<DynamicType = ()>>() -> (String, CustomResourceDefinition) {
+        (format!("{GROUP}_{}.yaml", K::plural(&())), K::crd())
+    }
+    vec![
+        named::<SpiderIPPool>(),
+        named::<SpiderReservedIP>(),
+        named::<SpiderEndpoint>(),
+        named::<SpiderMultusConfig>(),
+    ]
+}
+
+/// The text of a CRD file in `deploy/crds/`: a header saying where it comes from, then YAML.
+pub fn crd_manifest(crd: &CustomResourceDefinition) -> String {
+    let yaml = serde_yaml_ng::to_string(crd).expect("a CRD serializes to YAML");
+    format!(
+        "# Generated from spiderpool-k8s/src/crd.rs; do not edit.\n\
+         # Regenerate: SPIDERPOOL_UPDATE_CRDS=1 cargo test -p spiderpool-k8s --test crds\n{yaml}"
+    )
+}

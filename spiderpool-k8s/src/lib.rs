@@ -1,0 +1,15 @@
+//! The Kubernetes adapter of the spiderpool IPAM: the custom resources, storage of
+//! allocations in the API server with optimistic concurrency, and the controllers.
+//!
+//! Every decision comes from `spiderpool-core`; this crate loads what the engine needs,
+//! writes what it decides with compare-and-swap (`resourceVersion`), and retries on conflict.
+
+pub mod cluster;
+pub mod crd;
+
+pub use cluster::{Allocation, ClusterError, ClusterStore, Release, RetryBudget, documents, held_addresses};
+pub use crd::{
+    EndpointInterface, LinkConfig, NetworkPools, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
+    SpiderIPPoolSpec, SpiderMultusConfig, SpiderMultusConfigSpec, SpiderReservedIP, SpiderReservedIPSpec,
+    SriovConfig, crd_manifest, crds,
+};

@@ -1,0 +1,340 @@
+//! Allocation through a real API server: the seed scenario at the API level, a conflict storm,
+//! all-or-nothing dual stack across two pool objects, recovery of a half-written allocation,
+//! and an API server that is down.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+use common::{client, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
+use kube::Api;
+use spiderpool_core::annotations::POD_IPPOOL;
+use spiderpool_core::{AllocationState, OwnerKey, Request};
+use spiderpool_k8s::{ClusterError, ClusterStore, SpiderEndpoint, SpiderIPPool};
+
+/// The request a runtime's ADD makes for `eth0` of a pod: the rest comes from the API.
+fn request(namespace: &str, pod: &str, container: &str) -> Request {
+    let mut request = Request::new(container, "eth0");
+    request.pod.namespace = namespace.into();
+    request.pod.name = pod.into();
+    request
+}
+
+fn namespace_yaml(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
+}
+
+fn pool_yaml(name: &str, subnet: &str, ips: &str, node: &str) -> String {
+    format!(
+        "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {name}\n\
+         spec:\n  subnet: {subnet}\n  ips:\n  - {ips}\n  nodeName:\n  - {node}\n"
+    )
+}
+
+/// The first address of `interface` in a plan.
+fn address_of(allocation: &spiderpool_k8s::Allocation) -> IpAddr {
+    allocation.plan.interfaces[0].addresses[0].address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_at_the_api_level_prints_the_seed_table() {
+    let Some(config) = kubeconfig("the_seed_at_the_api_level_prints_the_seed_table") else {
+        return;
+    };
+    install_crds(&config);
+    let seed = std::fs::read_to_string(common::repo().join("spiderpool-core/scenarios/network-zones.yaml"))
+        .expect("the seed YAML");
+    kubectl(&config, &["apply", "-f", "-"], &seed);
+    let annotation = r#"{"ipv4": ["test-ippool-6", "test-ippool-7"]}"#;
+    let mut objects = String::new();
+    for node in ["controller-node-1", "worker-node-1"] {
+        objects += &node_yaml(node, &[]);
+        objects += "---\n";
+    }
+    objects += &pod_yaml(
+        "default",
+        "test-app-j9ftl",
+        "controller-node-1",
+        &[(POD_IPPOOL, annotation)],
+        &[("app", "test-app")],
+    );
+    objects += "---\n";
+    objects += &pod_yaml(
+        "default",
+        "test-app-nkq5h",
+        "worker-node-1",
+        &[(POD_IPPOOL, annotation)],
+        &[("app", "test-app")],
+    );
+    kubectl(&config, &["apply", "-f", "-"], &objects);
+
+    let store = ClusterStore::new(client(&config).await);
+    let first = store
+        .allocate(request("default", "test-app-j9ftl", "c-j9ftl"))
+        .await
+        .expect("ADD on node 1");
+    let second = store
+        .allocate(request("default", "test-app-nkq5h", "c-nkq5h"))
+        .await
+        .expect("ADD on node 2");
+    assert_eq!(address_of(&first).to_string(), "10.6.168.60");
+    assert_eq!(address_of(&second).to_string(), "10.7.168.60");
+
+    let table = kubectl(
+        &config,
+        &["get", "spiderippool", "test-ippool-6", "test-ippool-7"],
+        "",
+    );
+    assert_eq!(
+        table,
+        "NAME            VERSION   SUBNET        ALLOCATED-IP-COUNT   TOTAL-IP-COUNT   DEFAULT   DISABLE\n\
+         test-ippool-6   4         10.6.0.0/16   1                    10               false     false\n\
+         test-ippool-7   4         10.7.0.0/16   1                    10               false     false\n"
+    );
+    let endpoint: SpiderEndpoint = Api::namespaced(store.client().clone(), "default")
+        .get("test-app-nkq5h")
+        .await
+        .expect("the endpoint of test-app-nkq5h");
+    assert_eq!(endpoint.spec.node, "worker-node-1");
+    assert_eq!(endpoint.spec.ips[0].ipv4.as_deref(), Some("10.7.168.60/16"));
+    assert_eq!(endpoint.spec.ips[0].ipv4_pool.as_deref(), Some("test-ippool-7"));
+
+    // ADD again: the same address, nothing written.
+    let again = store
+        .allocate(request("default", "test-app-j9ftl", "c-j9ftl"))
+        .await
+        .expect("ADD again");
+    assert_eq!(address_of(&again), address_of(&first));
+    assert!(again.plan.changes.is_empty());
+
+    for (pod, container) in [("test-app-j9ftl", "c-j9ftl"), ("test-app-nkq5h", "c-nkq5h")] {
+        let mut del = request("default", pod, container);
+        del.pod.uid = Some(endpoint_uid(&store, "default", pod).await);
+        store.release(&del).await.expect("DEL");
+        store.release(&del).await.expect("DEL again");
+    }
+    let table = kubectl(
+        &config,
+        &[
+            "get",
+            "spiderippool",
+            "test-ippool-6",
+            "test-ippool-7",
+            "-o",
+            "custom-columns=N:.status.allocatedIPCount",
+            "--no-headers",
+        ],
+        "",
+    );
+    assert_eq!(table, "0\n0\n");
+    let left = kubectl(
+        &config,
+        &["get", "spiderendpoints", "-n", "default", "-o", "name"],
+        "",
+    );
+    assert!(!left.contains("test-app-"), "endpoints left: {left}");
+}
+
+async fn endpoint_uid(store: &ClusterStore, namespace: &str, pod: &str) -> String {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(store.client().clone(), namespace);
+    pods.get(pod).await.expect("the pod").metadata.uid.expect("a UID")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_allocators_on_one_pool_converge_without_duplicates() {
+    let Some(config) = kubeconfig("fifty_concurrent_allocators_on_one_pool_converge_without_duplicates")
+    else {
+        return;
+    };
+    install_crds(&config);
+    let namespace = unique("storm");
+    let node = unique("storm-node");
+    let pool = unique("storm-pool");
+    let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
+    objects += &pool_yaml(&pool, "10.50.0.0/16", "10.50.1.1-10.50.1.100", &node);
+    let annotation = format!(r#"{{"ipv4": ["{pool}"]}}"#);
+    for index in 0..50 {
+        objects += "---\n";
+        objects += &pod_yaml(
+            &namespace,
+            &format!("pod-{index}"),
+            &node,
+            &[(POD_IPPOOL, &annotation)],
+            &[],
+        );
+    }
+    kubectl(&config, &["apply", "-f", "-"], &objects);
+
+    let client = client(&config).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|index| {
+            let store = ClusterStore::new(client.clone());
+            let request = request(&namespace, &format!("pod-{index}"), &format!("c-{index}"));
+            tokio::spawn(async move { store.allocate(request).await })
+        })
+        .collect();
+    let mut addresses = BTreeSet::new();
+    let mut conflicts = Vec::new();
+    for task in tasks {
+        let allocation = task
+            .await
+            .expect("the task ran")
+            .expect("every allocator gets an address");
+        assert!(
+            addresses.insert(address_of(&allocation)),
+            "duplicate {}",
+            address_of(&allocation)
+        );
+        conflicts.push(allocation.conflicts);
+    }
+    let total: u32 = conflicts.iter().sum();
+    eprintln!(
+        "conflict storm: 50 allocations, {total} conflicts ({:.2} per allocation, at most {} for one)",
+        f64::from(total) / 50.0,
+        conflicts.iter().max().unwrap_or(&0)
+    );
+    let store = ClusterStore::new(client.clone());
+    let (_, state) = store.state().await.expect("the state");
+    assert_eq!(state.allocated_count(&pool), 50);
+    let held: BTreeSet<IpAddr> = state
+        .allocations(&pool)
+        .into_iter()
+        .map(|(address, _)| address)
+        .collect();
+    assert_eq!(held, addresses);
+    let endpoints: Api<SpiderEndpoint> = Api::namespaced(client.clone(), &namespace);
+    let listed = endpoints.list(&Default::default()).await.expect("endpoints");
+    assert_eq!(listed.items.len(), 50);
+    kubectl(&config, &["delete", "namespace", &namespace, "--wait=false"], "");
+    kubectl(&config, &["delete", "spiderippool", &pool], "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_across_two_pools_is_all_or_nothing_and_recovers_a_half_write() {
+    let Some(config) = kubeconfig("dual_stack_across_two_pools_is_all_or_nothing_and_recovers_a_half_write")
+    else {
+        return;
+    };
+    install_crds(&config);
+    let namespace = unique("dual");
+    let node = unique("dual-node");
+    let (v4, v6) = (unique("dual-v4"), unique("dual-v6"));
+    let annotation = format!(r#"{{"ipv4": ["{v4}"], "ipv6": ["{v6}"]}}"#);
+    let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
+    objects += &pool_yaml(&v4, "10.60.0.0/16", "10.60.0.10-10.60.0.19", &node);
+    objects += "---\n";
+    objects += &pool_yaml(&v6, "fd00:60::/64", "fd00:60::10", &node);
+    for pod in ["first", "second"] {
+        objects += "---\n";
+        objects += &pod_yaml(&namespace, pod, &node, &[(POD_IPPOOL, &annotation)], &[]);
+    }
+    kubectl(&config, &["apply", "-f", "-"], &objects);
+    let client = client(&config).await;
+    let store = ClusterStore::new(client.clone());
+
+    let first = store
+        .allocate(request(&namespace, "first", "c1"))
+        .await
+        .expect("dual-stack ADD");
+    let families: Vec<bool> = first.plan.interfaces[0]
+        .addresses
+        .iter()
+        .map(|a| a.address.is_ipv4())
+        .collect();
+    assert_eq!(families, [true, false]);
+
+    // The IPv6 pool has one address: the second pod gets nothing, not even its IPv4 address.
+    let refused = store.allocate(request(&namespace, "second", "c2")).await;
+    assert!(matches!(refused, Err(ClusterError::Refused(_))), "{refused:?}");
+    let (_, state) = store.state().await.expect("the state");
+    assert_eq!(
+        state.allocated_count(&v4),
+        1,
+        "the refused pod's IPv4 address was not written"
+    );
+
+    // A crash between the two pool writes leaves an IPv4 record of the second pod and no
+    // endpoint; free the IPv6 address, and its retried ADD releases the leftover and gets both.
+    let uid = endpoint_uid(&store, &namespace, "second").await;
+    let leftover: IpAddr = "10.60.0.19".parse().unwrap();
+    write_record(&client, &v4, leftover, &namespace, "second", &uid).await;
+    let mut del = request(&namespace, "first", "c1");
+    del.pod.uid = Some(endpoint_uid(&store, &namespace, "first").await);
+    store.release(&del).await.expect("DEL first");
+    let second = store
+        .allocate(request(&namespace, "second", "c2"))
+        .await
+        .expect("retried ADD");
+    let (_, state) = store.state().await.expect("the state");
+    let held = state.held_by(&OwnerKey::Pod(uid));
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(
+        held.iter().all(|h| h.address != leftover),
+        "the leftover record was released: {held:?}"
+    );
+    assert_eq!(second.plan.interfaces[0].addresses.len(), 2);
+
+    kubectl(&config, &["delete", "namespace", &namespace, "--wait=false"], "");
+    kubectl(&config, &["delete", "spiderippool", &v4, &v6], "");
+}
+
+/// Adds a record to a pool's status as an allocator that crashed after this write would leave.
+async fn write_record(
+    client: &kube::Client,
+    pool: &str,
+    address: IpAddr,
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+) {
+    let api: Api<SpiderIPPool> = Api::all(client.clone());
+    let mut object = api.get(pool).await.expect("the pool");
+    let mut status = object.status.clone().unwrap_or_default();
+    let mut records: serde_json::Map<String, serde_json::Value> = status
+        .allocated_ips
+        .as_deref()
+        .map(|text| serde_json::from_str(text).expect("allocatedIPs JSON"))
+        .unwrap_or_default();
+    records.insert(
+        address.to_string(),
+        serde_json::json!({"pod": format!("{namespace}/{pod}"), "podUid": uid, "interface": "eth0", "containerID": "c2"}),
+    );
+    status.allocated_ip_count = Some(records.len() as i64);
+    status.allocated_ips = Some(serde_json::Value::Object(records).to_string());
+    object.status = Some(status);
+    api.replace_status(pool, &Default::default(), &object)
+        .await
+        .expect("writing the status");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_is_down_is_a_transient_error() {
+    let Some(config) = kubeconfig("an_api_server_that_is_down_is_a_transient_error") else {
+        return;
+    };
+    let mut file = kube::config::Kubeconfig::read_from(Path::new(&config)).expect("the kubeconfig");
+    // A loopback port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = closed.local_addr().expect("its address").port();
+    drop(closed);
+    for cluster in &mut file.clusters {
+        if let Some(cluster) = cluster.cluster.as_mut() {
+            cluster.server = Some(format!("https://127.0.0.1:{port}"));
+        }
+    }
+    let client_config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .expect("a config");
+    let store = ClusterStore::new(kube::Client::try_from(client_config).expect("a client"));
+    let error = store
+        .allocate(request("default", "anything", "c"))
+        .await
+        .expect_err("no server, no allocation");
+    assert!(error.is_transient(), "{error}");
+    assert!(
+        error.to_string().contains("reading pod default/anything"),
+        "{error}"
+    );
+}

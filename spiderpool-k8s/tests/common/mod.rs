@@ -1,0 +1,141 @@
+//! A real API server for the tests: the one `scripts/k8s-testenv.sh` started, named by
+//! `SPIDERPOOL_TEST_KUBECONFIG`, driven with the real `kubectl` and kube-rs.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// The kubeconfig of the test API server, or `None` (with the reason printed) when the test
+/// command did not start one.
+pub fn kubeconfig(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("SPIDERPOOL_TEST_KUBECONFIG") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => {
+            eprintln!(
+                "skipping {test}: no API server; run `bash scripts/test.sh`, which starts one and sets \
+                 SPIDERPOOL_TEST_KUBECONFIG"
+            );
+            None
+        }
+    }
+}
+
+/// A client of the server `kubeconfig` names.
+pub async fn client(kubeconfig: &Path) -> Client {
+    let file =
+        Kubeconfig::read_from(kubeconfig).unwrap_or_else(|err| panic!("{}: {err}", kubeconfig.display()));
+    let config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|err| panic!("{}: {err}", kubeconfig.display()));
+    Client::try_from(config).expect("a client from the test kubeconfig")
+}
+
+/// Runs `kubectl --kubeconfig K args...` with `stdin`; panics with its output when it fails.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("kubectl: {err}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writing kubectl's stdin");
+    let output = child.wait_with_output().expect("kubectl runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kubectl {}: {}\n{stdout}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Applies `deploy/crds/` and waits until the server serves them.
+pub fn install_crds(kubeconfig: &Path) {
+    let crds = repo().join("deploy/crds");
+    let crds = crds.to_str().expect("a UTF-8 path");
+    kubectl(
+        kubeconfig,
+        &["apply", "--server-side", "--force-conflicts", "-f", crds],
+        "",
+    );
+    kubectl(
+        kubeconfig,
+        &[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout",
+            "60s",
+            "-f",
+            crds,
+        ],
+        "",
+    );
+}
+
+/// A node object (no kubelet: the IPAM only reads its name and labels).
+pub fn node_yaml(name: &str, labels: &[(&str, &str)]) -> String {
+    let labels: String = labels
+        .iter()
+        .map(|(k, v)| format!("\n    {k}: \"{v}\""))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:{}\n",
+        if labels.is_empty() {
+            " {}".to_owned()
+        } else {
+            labels
+        }
+    )
+}
+
+/// A pod object bound to `node` (nothing runs it: the IPAM only reads it).
+pub fn pod_yaml(
+    namespace: &str,
+    name: &str,
+    node: &str,
+    annotations: &[(&str, &str)],
+    labels: &[(&str, &str)],
+) -> String {
+    let map = |pairs: &[(&str, &str)]| -> String {
+        if pairs.is_empty() {
+            " {}".into()
+        } else {
+            pairs
+                .iter()
+                .map(|(k, v)| format!("\n    {k}: {}", serde_json::to_string(v).expect("a string")))
+                .collect()
+        }
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  annotations:{}\n  labels:{}\n\
+         spec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: nginx\n",
+        map(annotations),
+        map(labels)
+    )
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
