@@ -61,6 +61,7 @@ mod allocate;
 pub mod annotations;
 mod candidates;
 mod catalog;
+pub mod gc;
 mod memory;
 mod model;
 mod pool;

@@ -128,6 +128,9 @@ pub enum ClusterError {
     /// A request without a pod name: the cluster mode serves pods only.
     #[error("no pod identity: the cluster mode needs K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS")]
     NoPod,
+    /// Changes decided on a snapshot do not apply to it: a bug of the decider.
+    #[error("changes do not apply to the state they were decided on: {0}")]
+    Unappliable(String),
     /// A pool's status cannot be read as allocation state.
     #[error("{0}; the pool's status was not written by spiderpool or was edited")]
     Status(#[from] StatusStateError),
@@ -592,21 +595,48 @@ impl ClusterStore {
     /// `request.interface` is its first), then removes those interfaces from the pod's
     /// endpoint, deleting it when none is left. Releasing nothing is a success.
     pub async fn release(&self, request: &Request) -> Result<Release, ClusterError> {
+        let release = self
+            .write_with(|_, state| release_attachment(state, request))
+            .await?;
+        if !request.pod.name.is_empty() {
+            let released: BTreeSet<String> = release
+                .changes
+                .iter()
+                .filter_map(|change| match change {
+                    Change::Release { holder, .. } => Some(holder.interface()),
+                    _ => None,
+                })
+                .chain(std::iter::once(request.interface.clone()))
+                .collect();
+            self.forget(request, &released).await?;
+        }
+        Ok(release)
+    }
+
+    /// Writes the changes `decide` makes on a fresh snapshot, with compare-and-swap per pool;
+    /// after a conflict it reads again and decides again, within the budget. Deciding nothing
+    /// writes nothing.
+    pub async fn write_with(
+        &self,
+        decide: impl Fn(&PoolCatalog, &InMemoryState) -> Vec<Change>,
+    ) -> Result<Release, ClusterError> {
         let started = Instant::now();
         let mut conflicts = 0;
         let mut attempt = 0;
-        let changes = loop {
+        loop {
             attempt += 1;
             let snapshot = self.snapshot().await?;
-            let changes = release_attachment(&snapshot.state, request);
+            let changes = decide(&snapshot.catalog, &snapshot.state);
             let mut state = snapshot.state;
-            state.apply(&changes).expect("releases of held records apply");
+            state
+                .apply(&changes)
+                .map_err(|err| ClusterError::Unappliable(err.to_string()))?;
             let touched = changes.iter().map(|c| c.pool().to_owned()).collect();
             match self
                 .write_pools(&snapshot.pools, &snapshot.catalog, &state, &touched)
                 .await
             {
-                Ok(()) => break changes,
+                Ok(()) => return Ok(Release { changes, conflicts }),
                 Err(Attempt::Failed(error)) => return Err(error),
                 Err(Attempt::Conflict(pools)) => {
                     conflicts += 1;
@@ -621,19 +651,7 @@ impl ClusterStore {
                     tokio::time::sleep(self.budget.backoff(attempt)).await;
                 }
             }
-        };
-        if !request.pod.name.is_empty() {
-            let released: BTreeSet<String> = changes
-                .iter()
-                .filter_map(|change| match change {
-                    Change::Release { holder, .. } => Some(holder.interface()),
-                    _ => None,
-                })
-                .chain(std::iter::once(request.interface.clone()))
-                .collect();
-            self.forget(request, &released).await?;
         }
-        Ok(Release { changes, conflicts })
     }
 
     /// Removes `interfaces` from the endpoint of the request's pod (if it is that pod's).
@@ -754,7 +772,7 @@ fn record_of(holder: &Holder) -> spiderpool_core::AllocationRecord {
 }
 
 /// The (pool, address) pairs an endpoint lists.
-fn endpoint_addresses(spec: &SpiderEndpointSpec) -> BTreeSet<(String, IpAddr)> {
+pub(crate) fn endpoint_addresses(spec: &SpiderEndpointSpec) -> BTreeSet<(String, IpAddr)> {
     let mut committed = BTreeSet::new();
     for entry in &spec.ips {
         for (pool, address) in [(&entry.ipv4_pool, &entry.ipv4), (&entry.ipv6_pool, &entry.ipv6)] {

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod crd;
+pub mod gc;
 
 pub use cluster::{Allocation, ClusterError, ClusterStore, Release, RetryBudget, documents, held_addresses};
 pub use crd::{

@@ -69,28 +69,48 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Applies `deploy/crds/` and waits until the server serves them.
+/// Applies `deploy/crds/` and `deploy/admission/`, and waits until the server serves the
+/// resources and defaults `spec.ipVersion`.
 pub fn install_crds(kubeconfig: &Path) {
+    for dir in ["deploy/crds", "deploy/admission"] {
+        let path = repo().join(dir);
+        let path = path.to_str().expect("a UTF-8 path");
+        kubectl(
+            kubeconfig,
+            &["apply", "--server-side", "--force-conflicts", "-f", path],
+            "",
+        );
+    }
     let crds = repo().join("deploy/crds");
     let crds = crds.to_str().expect("a UTF-8 path");
-    kubectl(
-        kubeconfig,
-        &["apply", "--server-side", "--force-conflicts", "-f", crds],
-        "",
-    );
-    kubectl(
-        kubeconfig,
-        &[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout",
-            "60s",
-            "-f",
-            crds,
-        ],
-        "",
-    );
+    let established = [
+        "wait",
+        "--for",
+        "condition=Established",
+        "--timeout",
+        "60s",
+        "-f",
+        crds,
+    ];
+    kubectl(kubeconfig, &established, "");
+    // The policy takes effect once the server's policy informer has it.
+    let probe = "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata: {name: probe}\n\
+                 spec: {subnet: 10.255.0.0/16, ips: [10.255.0.1]}\n";
+    let dry_run = [
+        "create",
+        "--dry-run=server",
+        "-o",
+        "jsonpath={.spec.ipVersion}",
+        "-f",
+        "-",
+    ];
+    for _ in 0..100 {
+        if kubectl(kubeconfig, &dry_run, probe) == "4" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("deploy/admission: spec.ipVersion is still not defaulted after 10 s");
 }
 
 /// A node object (no kubelet: the IPAM only reads its name and labels).

@@ -1,0 +1,463 @@
+//! Garbage collection in a cluster: which held addresses no live pod needs any more.
+//!
+//! The controller brings what it read (pods, nodes, endpoints, StatefulSets) and the time; the
+//! decision is here, pure, so that every case is an example test. An address is released
+//! when its pod is gone (and no StatefulSet will bring it back under the same name), was
+//! replaced by another pod of the same name, finished (`Succeeded` / `Failed`) longer ago than
+//! the grace period, or sits on a node that was deleted; and when no endpoint commits it for
+//! longer than the grace period (an allocation that never finished). An address a running
+//! pod holds and its endpoint lists is never released.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::state::{Change, HeldAddress, OwnerKey, PodRef};
+
+/// Seconds since the Unix epoch: the controller's clock, passed in.
+pub type Seconds = i64;
+
+/// The lifecycle phase of a pod, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPhase {
+    /// Not all containers started yet.
+    Pending,
+    /// Running.
+    Running,
+    /// Every container ended successfully and none restarts.
+    Succeeded,
+    /// Every container ended, some failed, none restarts.
+    Failed,
+    /// Unknown (the node stopped reporting).
+    Unknown,
+}
+
+/// What the controller read of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivePod {
+    /// Its UID.
+    pub uid: String,
+    /// Its phase.
+    pub phase: PodPhase,
+    /// The node it is bound to; empty while unscheduled.
+    pub node: String,
+    /// When it finished (the latest container termination), for `Succeeded` / `Failed`;
+    /// `None` counts as longer ago than the grace period.
+    pub finished_at: Option<Seconds>,
+}
+
+/// What the controller read of a pod's `SpiderEndpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointView {
+    /// The UID of the pod it belongs to.
+    pub uid: String,
+    /// The addresses it commits: (pool, address).
+    pub addresses: BTreeSet<(String, IpAddr)>,
+    /// The StatefulSet owning the pod, if one does.
+    pub statefulset: Option<String>,
+}
+
+/// Everything the controller read, at one time.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Pods by namespace and name.
+    pub pods: BTreeMap<PodRef, LivePod>,
+    /// The names of the nodes that exist.
+    pub nodes: BTreeSet<String>,
+    /// Endpoints by the namespace and name of their pod.
+    pub endpoints: BTreeMap<PodRef, EndpointView>,
+    /// StatefulSets by namespace and name, with their replica count.
+    pub statefulsets: BTreeMap<PodRef, u32>,
+}
+
+/// How long the collector waits before it acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcPolicy {
+    /// How long a finished pod keeps its addresses (its logs and status are still read).
+    pub finished_grace: Seconds,
+    /// How long an address may stay held without an endpoint committing it: longer than any
+    /// allocation takes between its pool write and its endpoint write.
+    pub uncommitted_grace: Seconds,
+}
+
+impl Default for GcPolicy {
+    fn default() -> GcPolicy {
+        GcPolicy {
+            finished_grace: 60,
+            uncommitted_grace: 120,
+        }
+    }
+}
+
+/// Why an address is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcReason {
+    /// Its pod does not exist, and no StatefulSet will re-create it.
+    PodGone,
+    /// A pod of the same name with another UID exists: the holder was replaced.
+    PodReplaced {
+        /// The UID of the pod that exists now.
+        current: String,
+    },
+    /// Its pod finished longer ago than the grace period.
+    PodFinished {
+        /// `Succeeded` or `Failed`.
+        phase: PodPhase,
+        /// Seconds since it finished.
+        ago: Seconds,
+    },
+    /// Its pod's node was deleted.
+    NodeGone {
+        /// The node.
+        node: String,
+    },
+    /// No endpoint committed it for longer than the grace period.
+    Uncommitted {
+        /// Seconds since the collector first saw it uncommitted.
+        ago: Seconds,
+    },
+    /// It has no pod identity and its container is gone from every endpoint (records of the
+    /// cluster mode always have one; this is for records written by hand).
+    NoPodIdentity,
+}
+
+impl fmt::Display for GcReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GcReason::PodGone => write!(f, "the pod is gone"),
+            GcReason::PodReplaced { current } => write!(f, "the pod was replaced by UID {current}"),
+            GcReason::PodFinished { phase, ago } => write!(f, "the pod finished ({phase:?}) {ago}s ago"),
+            GcReason::NodeGone { node } => write!(f, "the pod's node {node} was deleted"),
+            GcReason::Uncommitted { ago } => {
+                write!(
+                    f,
+                    "no SpiderEndpoint has committed it for {ago}s (an interrupted allocation)"
+                )
+            }
+            GcReason::NoPodIdentity => write!(f, "it names no pod"),
+        }
+    }
+}
+
+/// One release the collector decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    /// The change to write.
+    pub change: Change,
+    /// Why.
+    pub reason: GcReason,
+}
+
+/// The collector's decision for one sweep.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// The addresses to release.
+    pub collected: Vec<Collected>,
+    /// Addresses seen uncommitted and not yet past the grace period, with when they were first
+    /// seen so: the next sweep's `suspects`.
+    pub suspects: BTreeMap<(String, IpAddr), Seconds>,
+    /// Endpoints whose pod is gone and that commit nothing still held: to delete.
+    pub orphaned_endpoints: Vec<PodRef>,
+}
+
+/// Decides what to release among `held`, at `now`. `suspects` is the previous sweep's.
+///
+/// ```
+/// use spiderpool_core::*;
+/// use spiderpool_core::gc::*;
+/// let pod = PodRef { namespace: "default".into(), name: "web-0".into() };
+/// let holder = Holder::new(&OwnerKey::Pod("u1".into()), "eth0", Some(&pod), "c1");
+/// let held = vec![HeldAddress { pool: "p".into(), address: "10.6.168.60".parse().unwrap(), holder }];
+/// // Nothing in the cluster: the pod is gone, its address is released.
+/// let sweep = sweep(&held, &ClusterView::default(), &Default::default(), 1_000, GcPolicy::default());
+/// assert_eq!(sweep.collected[0].reason, GcReason::PodGone);
+/// ```
+pub fn sweep(
+    held: &[HeldAddress],
+    view: &ClusterView,
+    suspects: &BTreeMap<(String, IpAddr), Seconds>,
+    now: Seconds,
+    policy: GcPolicy,
+) -> Sweep {
+    let mut result = Sweep::default();
+    let mut still_held: BTreeSet<PodRef> = BTreeSet::new();
+    for record in held {
+        let key = (record.pool.clone(), record.address);
+        let reason = match judge(record, view, policy, now) {
+            Verdict::Keep => None,
+            Verdict::Release(reason) => Some(reason),
+            Verdict::Uncommitted => {
+                let since = suspects.get(&key).copied().unwrap_or(now);
+                if now - since >= policy.uncommitted_grace {
+                    Some(GcReason::Uncommitted { ago: now - since })
+                } else {
+                    result.suspects.insert(key, since);
+                    None
+                }
+            }
+        };
+        match reason {
+            Some(reason) => result.collected.push(Collected {
+                change: Change::Release {
+                    pool: record.pool.clone(),
+                    address: record.address,
+                    holder: record.holder.clone(),
+                },
+                reason,
+            }),
+            None => {
+                if let Some(pod) = record.holder.pod() {
+                    still_held.insert(pod);
+                }
+            }
+        }
+    }
+    result.orphaned_endpoints = view
+        .endpoints
+        .iter()
+        .filter(|(pod, endpoint)| {
+            let alive = view.pods.get(*pod).is_some_and(|live| live.uid == endpoint.uid);
+            !alive && !still_held.contains(*pod) && !kept_by_statefulset(pod, endpoint, view)
+        })
+        .map(|(pod, _)| pod.clone())
+        .collect();
+    result
+}
+
+enum Verdict {
+    Keep,
+    Release(GcReason),
+    Uncommitted,
+}
+
+fn judge(record: &HeldAddress, view: &ClusterView, policy: GcPolicy, now: Seconds) -> Verdict {
+    let (Some(pod), OwnerKey::Pod(uid)) = (record.holder.pod(), record.holder.owner()) else {
+        return Verdict::Release(GcReason::NoPodIdentity);
+    };
+    let endpoint = view.endpoints.get(&pod);
+    let committed = endpoint
+        .is_some_and(|e| e.uid == uid && e.addresses.contains(&(record.pool.clone(), record.address)));
+    let Some(live) = view.pods.get(&pod) else {
+        return match endpoint {
+            Some(endpoint) if committed && kept_by_statefulset(&pod, endpoint, view) => Verdict::Keep,
+            _ => Verdict::Release(GcReason::PodGone),
+        };
+    };
+    if live.uid != uid {
+        // The next ADD of a StatefulSet pod takes its predecessor's records over.
+        return match endpoint {
+            Some(endpoint) if committed && kept_by_statefulset(&pod, endpoint, view) => Verdict::Keep,
+            _ => Verdict::Release(GcReason::PodReplaced {
+                current: live.uid.clone(),
+            }),
+        };
+    }
+    if !live.node.is_empty() && !view.nodes.contains(&live.node) {
+        return Verdict::Release(GcReason::NodeGone {
+            node: live.node.clone(),
+        });
+    }
+    if matches!(live.phase, PodPhase::Succeeded | PodPhase::Failed) {
+        // Without a termination time the pod finished before anything recorded it.
+        let ago = live
+            .finished_at
+            .map_or(policy.finished_grace, |finished| now - finished);
+        if ago >= policy.finished_grace {
+            return Verdict::Release(GcReason::PodFinished {
+                phase: live.phase,
+                ago,
+            });
+        }
+    }
+    if committed {
+        Verdict::Keep
+    } else {
+        Verdict::Uncommitted
+    }
+}
+
+/// Whether a StatefulSet will re-create the pod under its name: the set exists and the pod's
+/// ordinal is below its replica count.
+fn kept_by_statefulset(pod: &PodRef, endpoint: &EndpointView, view: &ClusterView) -> bool {
+    let Some(set) = &endpoint.statefulset else {
+        return false;
+    };
+    let key = PodRef {
+        namespace: pod.namespace.clone(),
+        name: set.clone(),
+    };
+    let Some(&replicas) = view.statefulsets.get(&key) else {
+        return false;
+    };
+    pod.name
+        .strip_prefix(set.as_str())
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|ordinal| ordinal.parse::<u32>().ok())
+        .is_some_and(|ordinal| ordinal < replicas)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Holder;
+
+    const NOW: Seconds = 10_000;
+
+    fn pod(name: &str) -> PodRef {
+        PodRef {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn record(name: &str, uid: &str, address: &str) -> HeldAddress {
+        HeldAddress {
+            pool: "p".into(),
+            address: address.parse().unwrap(),
+            holder: Holder::new(&OwnerKey::Pod(uid.into()), "eth0", Some(&pod(name)), "c"),
+        }
+    }
+
+    fn live(uid: &str, phase: PodPhase, node: &str) -> LivePod {
+        LivePod {
+            uid: uid.into(),
+            phase,
+            node: node.into(),
+            finished_at: None,
+        }
+    }
+
+    fn endpoint(uid: &str, address: &str, statefulset: Option<&str>) -> EndpointView {
+        EndpointView {
+            uid: uid.into(),
+            addresses: [("p".to_owned(), address.parse().unwrap())].into(),
+            statefulset: statefulset.map(str::to_owned),
+        }
+    }
+
+    /// A running pod on node n1, committed by its endpoint.
+    fn healthy() -> ClusterView {
+        let mut view = ClusterView::default();
+        view.nodes.insert("n1".into());
+        view.pods.insert(pod("web"), live("u1", PodPhase::Running, "n1"));
+        view.endpoints
+            .insert(pod("web"), endpoint("u1", "10.0.0.1", None));
+        view
+    }
+
+    fn reasons(sweep: &Sweep) -> Vec<GcReason> {
+        sweep.collected.iter().map(|c| c.reason.clone()).collect()
+    }
+
+    fn run(view: &ClusterView, held: &[HeldAddress]) -> Sweep {
+        sweep(held, view, &BTreeMap::new(), NOW, GcPolicy::default())
+    }
+
+    #[test]
+    fn a_running_committed_pod_keeps_its_address() {
+        let held = [record("web", "u1", "10.0.0.1")];
+        let result = run(&healthy(), &held);
+        assert!(result.collected.is_empty());
+        assert!(result.suspects.is_empty());
+        assert!(result.orphaned_endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_pod_loses_its_address_and_its_endpoint() {
+        let mut view = healthy();
+        view.pods.clear();
+        let result = run(&view, &[record("web", "u1", "10.0.0.1")]);
+        assert_eq!(reasons(&result), [GcReason::PodGone]);
+        assert_eq!(result.orphaned_endpoints, [pod("web")]);
+    }
+
+    #[test]
+    fn a_finished_pod_keeps_its_address_for_the_grace_period_only() {
+        let mut view = healthy();
+        let finished = |ago| LivePod {
+            finished_at: Some(NOW - ago),
+            ..live("u1", PodPhase::Succeeded, "n1")
+        };
+        view.pods.insert(pod("web"), finished(30));
+        assert!(
+            run(&view, &[record("web", "u1", "10.0.0.1")])
+                .collected
+                .is_empty()
+        );
+        view.pods.insert(pod("web"), finished(61));
+        assert_eq!(
+            reasons(&run(&view, &[record("web", "u1", "10.0.0.1")])),
+            [GcReason::PodFinished {
+                phase: PodPhase::Succeeded,
+                ago: 61
+            }]
+        );
+    }
+
+    #[test]
+    fn a_pod_on_a_deleted_node_loses_its_address() {
+        let mut view = healthy();
+        view.nodes.clear();
+        assert_eq!(
+            reasons(&run(&view, &[record("web", "u1", "10.0.0.1")])),
+            [GcReason::NodeGone { node: "n1".into() }]
+        );
+    }
+
+    #[test]
+    fn a_replaced_pod_loses_its_address_unless_a_statefulset_brings_it_back() {
+        let mut view = healthy();
+        view.pods.insert(pod("web"), live("u2", PodPhase::Pending, "n1"));
+        assert_eq!(
+            reasons(&run(&view, &[record("web", "u1", "10.0.0.1")])),
+            [GcReason::PodReplaced { current: "u2".into() }]
+        );
+
+        let mut view = ClusterView::default();
+        view.nodes.insert("n1".into());
+        view.statefulsets.insert(pod("db"), 2);
+        view.endpoints
+            .insert(pod("db-1"), endpoint("u1", "10.0.0.1", Some("db")));
+        let held = [record("db-1", "u1", "10.0.0.1")];
+        // Deleted and not yet re-created, or re-created with a new UID: kept for it.
+        let result = run(&view, &held);
+        assert!(result.collected.is_empty(), "{:?}", result.collected);
+        assert!(result.orphaned_endpoints.is_empty());
+        view.pods.insert(pod("db-1"), live("u2", PodPhase::Pending, "n1"));
+        assert!(run(&view, &held).collected.is_empty());
+        // Scaled down below the ordinal: released.
+        view.statefulsets.insert(pod("db"), 1);
+        assert_eq!(
+            reasons(&run(&view, &held)),
+            [GcReason::PodReplaced { current: "u2".into() }]
+        );
+        view.pods.clear();
+        assert_eq!(reasons(&run(&view, &held)), [GcReason::PodGone]);
+    }
+
+    #[test]
+    fn an_uncommitted_address_is_released_after_the_grace_period() {
+        let mut view = healthy();
+        view.endpoints.clear();
+        let held = [record("web", "u1", "10.0.0.1")];
+        let first = sweep(&held, &view, &BTreeMap::new(), NOW, GcPolicy::default());
+        assert!(first.collected.is_empty());
+        assert_eq!(first.suspects.values().copied().collect::<Vec<_>>(), [NOW]);
+        let soon = sweep(&held, &view, &first.suspects, NOW + 60, GcPolicy::default());
+        assert!(soon.collected.is_empty());
+        let later = sweep(&held, &view, &soon.suspects, NOW + 120, GcPolicy::default());
+        assert_eq!(reasons(&later), [GcReason::Uncommitted { ago: 120 }]);
+        // Committed in between: forgotten as a suspect.
+        let committed = sweep(&held, &healthy(), &first.suspects, NOW + 120, GcPolicy::default());
+        assert!(committed.collected.is_empty() && committed.suspects.is_empty());
+    }
+
+    #[test]
+    fn an_orphaned_endpoint_is_deleted_even_without_addresses() {
+        let mut view = healthy();
+        view.pods.clear();
+        let result = run(&view, &[]);
+        assert!(result.collected.is_empty());
+        assert_eq!(result.orphaned_endpoints, [pod("web")]);
+    }
+}
