@@ -14,16 +14,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spiderpool_core::{Attachment, Request, attachment_addresses};
-use spiderpool_k8s::{Allocation, ClusterError, ClusterStore};
+use spiderpool_k8s::{Batcher, ClusterStore};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::cni_error;
 use crate::cni::{CniError, codes};
 use crate::plugin::result_of;
-
-/// The most ADDs written as one batch.
-const MAX_BATCH: usize = 512;
 
 /// What the plugin asks the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,12 +137,6 @@ impl From<CniError> for AgentAnswer {
     }
 }
 
-/// One ADD waiting for the next batch.
-struct Job {
-    request: Request,
-    reply: oneshot::Sender<Result<Allocation, ClusterError>>,
-}
-
 /// Serves the socket until the process ends. A socket file left by an earlier agent is
 /// replaced.
 pub async fn serve(socket: &Path, store: ClusterStore) -> std::io::Result<()> {
@@ -155,38 +145,16 @@ pub async fn serve(socket: &Path, store: ClusterStore) -> std::io::Result<()> {
     }
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)?;
-    let (jobs, queue) = mpsc::unbounded_channel();
-    tokio::spawn(write_batches(store.clone(), queue));
+    let batcher = Batcher::spawn(store.clone());
     loop {
         let (stream, _) = listener.accept().await?;
         let store = store.clone();
-        let jobs = jobs.clone();
+        let batcher = batcher.clone();
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, store, jobs).await {
+            if let Err(error) = answer(stream, store, batcher).await {
                 eprintln!("spiderpool agent: a call failed to complete: {error}");
             }
         });
-    }
-}
-
-/// Takes every ADD queued, writes them as one batch, and answers each.
-async fn write_batches(store: ClusterStore, mut queue: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let (requests, replies): (Vec<Request>, Vec<_>) =
-            batch.into_iter().map(|job| (job.request, job.reply)).unzip();
-        let results = store.allocate_many(requests).await;
-        for (reply, result) in replies.into_iter().zip(results) {
-            // The caller may have gone (the runtime timed out); the allocation stays committed
-            // and its retried ADD finds it.
-            let _ = reply.send(result);
-        }
     }
 }
 
@@ -194,13 +162,13 @@ async fn write_batches(store: ClusterStore, mut queue: mpsc::UnboundedReceiver<J
 async fn answer(
     stream: tokio::net::UnixStream,
     store: ClusterStore,
-    jobs: mpsc::UnboundedSender<Job>,
+    batcher: Batcher,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::io::BufReader::new(read).read_line(&mut line).await?;
     let answer = match serde_json::from_str::<AgentCall>(&line) {
-        Ok(call) => handle(call, &store, &jobs).await,
+        Ok(call) => handle(call, &store, &batcher).await,
         Err(error) => CniError::new(
             codes::DECODING_FAILURE,
             format!("the agent could not read the call: {error}"),
@@ -213,25 +181,18 @@ async fn answer(
     write.write_all(text.as_bytes()).await
 }
 
-async fn handle(call: AgentCall, store: &ClusterStore, jobs: &mpsc::UnboundedSender<Job>) -> AgentAnswer {
+async fn handle(call: AgentCall, store: &ClusterStore, batcher: &Batcher) -> AgentAnswer {
     match call {
         AgentCall::Add { request, cni_version } => {
-            let request = request.to_request();
-            let (reply, result) = oneshot::channel();
-            let interface = request.interface.clone();
-            if jobs.send(Job { request, reply }).is_err() {
-                return CniError::new(codes::TRY_AGAIN_LATER, "the agent is stopping", "").into();
-            }
             let version = match cni_version.parse() {
                 Ok(version) => version,
                 Err(error) => return AgentAnswer::from(error),
             };
-            match result.await {
-                Ok(Ok(allocation)) => {
-                    AgentAnswer::Done(result_of(&allocation.plan, &interface).to_json(version))
-                }
-                Ok(Err(error)) => cni_error(error).into(),
-                Err(_) => CniError::new(codes::TRY_AGAIN_LATER, "the agent dropped the call", "").into(),
+            let request = request.to_request();
+            let interface = request.interface.clone();
+            match batcher.allocate(request).await {
+                Ok(allocation) => AgentAnswer::Done(result_of(&allocation.plan, &interface).to_json(version)),
+                Err(error) => cni_error(error).into(),
             }
         }
         AgentCall::Del { request } => match store.release(&request.to_request()).await {

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -23,8 +24,8 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use spiderpool_core::{
     AllocateError, AllocationState, Change, Document, HeldAddress, Holder, IPPoolStatus, InMemoryState,
-    ObjectMeta, OwnerKey, Plan, PoolCatalog, Request, Resource, StatusStateError, allocate, pool_status,
-    release_attachment, state_from_statuses,
+    NamespaceFacts, ObjectMeta, OwnerKey, Plan, PoolCatalog, Request, Resource, StatusStateError, allocate,
+    pool_status, release_attachment, state_from_statuses,
 };
 
 use crate::crd::{EndpointInterface, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool, SpiderReservedIP};
@@ -128,6 +129,9 @@ pub enum ClusterError {
     /// A request without a pod name: the cluster mode serves pods only.
     #[error("no pod identity: the cluster mode needs K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS")]
     NoPod,
+    /// The batching task ended: the agent is stopping.
+    #[error("the allocator is stopping; try again")]
+    Stopped,
     /// Changes decided on a snapshot do not apply to it: a bug of the decider.
     #[error("changes do not apply to the state they were decided on: {0}")]
     Unappliable(String),
@@ -152,6 +156,7 @@ impl ClusterError {
                 | ClusterError::Contended { .. }
                 | ClusterError::PodNotFound { .. }
                 | ClusterError::PodReplaced { .. }
+                | ClusterError::Stopped
         )
     }
 }
@@ -189,8 +194,22 @@ struct PodRecord {
 struct Pending {
     request: Request,
     pod: PodRecord,
-    committed: BTreeSet<(String, IpAddr)>,
-    endpoint: Option<SpiderEndpoint>,
+    /// The pod's endpoint, once read: only when the pod holds addresses already (a retry, a
+    /// leftover) or belongs to a StatefulSet; a new pod has none to read.
+    endpoint: Option<Option<SpiderEndpoint>>,
+}
+
+impl Pending {
+    /// What the pod's endpoint commits, if it is this pod's.
+    fn committed(&self) -> BTreeSet<(String, IpAddr)> {
+        self.endpoint
+            .iter()
+            .flatten()
+            .filter(|endpoint| endpoint.spec.uid == self.pod.uid)
+            .map(|endpoint| endpoint_addresses(&endpoint.spec))
+            .next()
+            .unwrap_or_default()
+    }
 }
 
 /// Pools and reserved IPs as read, with the allocation state their statuses record.
@@ -200,11 +219,21 @@ struct Snapshot {
     state: InMemoryState,
 }
 
+/// Counters of a store and its clones, for reports and benchmarks.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Pool status writes that succeeded.
+    pub pool_writes: std::sync::atomic::AtomicU64,
+    /// Pool status writes refused with a conflict (409).
+    pub conflicts: std::sync::atomic::AtomicU64,
+}
+
 /// The cluster store: allocations through the Kubernetes API.
 #[derive(Clone)]
 pub struct ClusterStore {
     client: Client,
     budget: RetryBudget,
+    counters: Arc<StoreCounters>,
 }
 
 impl ClusterStore {
@@ -213,6 +242,7 @@ impl ClusterStore {
         ClusterStore {
             client,
             budget: RetryBudget::default(),
+            counters: Arc::default(),
         }
     }
 
@@ -222,9 +252,23 @@ impl ClusterStore {
         self
     }
 
+    /// The same store (budget, counters) over another client: what one process among many
+    /// would use.
+    pub fn with_client(&self, client: Client) -> ClusterStore {
+        ClusterStore {
+            client,
+            ..self.clone()
+        }
+    }
+
     /// The client.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The counters of this store and its clones.
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
     }
 
     /// Allocates for one request. The pod's labels and annotations, its namespace's and its
@@ -243,19 +287,47 @@ impl ClusterStore {
     pub async fn allocate_many(&self, requests: Vec<Request>) -> Vec<Result<Allocation, ClusterError>> {
         let count = requests.len();
         let mut results: Vec<Option<Result<Allocation, ClusterError>>> = (0..count).map(|_| None).collect();
-        // The reads of every request at once: a batch waits for one round trip, not one per pod.
+        // The reads of every request at once: a batch waits for a few round trips, not a few
+        // per pod; a namespace or node is read once per batch.
         let mut reads = tokio::task::JoinSet::new();
         for (index, request) in requests.into_iter().enumerate() {
             let store = self.clone();
-            reads.spawn(async move { (index, store.prepare(request).await) });
+            reads.spawn(async move { (index, store.read_pod(request).await) });
         }
-        let mut pending = Vec::new();
+        let mut pods = Vec::new();
         while let Some(read) = reads.join_next().await {
-            let (index, prepared) = read.expect("a read task does not panic");
-            match prepared {
-                Ok(prepared) => pending.push((index, prepared)),
-                Err(error) => results[index] = Some(Err(error)),
+            match read.expect("a read task does not panic") {
+                (index, Ok(pod)) => pods.push((index, pod)),
+                (index, Err(error)) => results[index] = Some(Err(error)),
             }
+        }
+        let namespaces: BTreeSet<String> = pods
+            .iter()
+            .map(|(_, p)| p.request.pod.namespace.clone())
+            .collect();
+        let nodes: BTreeSet<String> = pods.iter().map(|(_, p)| p.request.node.name.clone()).collect();
+        let (namespaces, nodes) = tokio::join!(self.read_namespaces(namespaces), self.read_nodes(nodes));
+        let mut pending = Vec::new();
+        for (index, mut prepared) in pods {
+            let request = &mut prepared.request;
+            let facts = match namespaces.get(&request.pod.namespace) {
+                Some(Ok(facts)) => facts,
+                Some(Err(error)) => {
+                    results[index] = Some(Err(error.clone()));
+                    continue;
+                }
+                None => unreachable!("every namespace of the batch was read"),
+            };
+            request.namespace = facts.clone();
+            match nodes.get(&request.node.name) {
+                Some(Ok(labels)) => request.node.labels = labels.clone(),
+                Some(Err(error)) => {
+                    results[index] = Some(Err(error.clone()));
+                    continue;
+                }
+                None => unreachable!("every node of the batch was read"),
+            }
+            pending.push((index, prepared));
         }
         pending.sort_by_key(|(index, _)| *index);
         let started = Instant::now();
@@ -263,18 +335,28 @@ impl ClusterStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = self.attempt(&pending).await;
+            let outcome = self.attempt(&mut pending).await;
             match outcome {
                 Ok(plans) => {
-                    for ((index, prepared), plan) in pending.iter().zip(plans) {
-                        results[*index] = Some(match plan {
-                            Ok(plan) => self.commit(prepared, &plan).await.map(|()| Allocation {
-                                plan,
-                                conflicts,
-                                attempts: attempt,
-                            }),
-                            Err(error) => Err(error),
+                    // The endpoints of a batch at once: one round trip, not one per pod.
+                    let mut commits = tokio::task::JoinSet::new();
+                    for ((index, prepared), plan) in std::mem::take(&mut pending).into_iter().zip(plans) {
+                        let store = self.clone();
+                        commits.spawn(async move {
+                            let committed = match plan {
+                                Ok(plan) => store.commit(&prepared, &plan).await.map(|()| Allocation {
+                                    plan,
+                                    conflicts,
+                                    attempts: attempt,
+                                }),
+                                Err(error) => Err(error),
+                            };
+                            (index, committed)
                         });
+                    }
+                    while let Some(done) = commits.join_next().await {
+                        let (index, committed) = done.expect("a commit task does not panic");
+                        results[index] = Some(committed);
                     }
                     break;
                 }
@@ -307,9 +389,8 @@ impl ClusterStore {
             .collect()
     }
 
-    /// Reads what the request needs besides pools: the pod, its namespace, its node, and its
-    /// endpoint.
-    async fn prepare(&self, mut request: Request) -> Result<Pending, ClusterError> {
+    /// Reads the pod of a request: its UID, labels, annotations, node and owner.
+    async fn read_pod(&self, mut request: Request) -> Result<Pending, ClusterError> {
         if request.pod.name.is_empty() || request.pod.namespace.is_empty() {
             return Err(ClusterError::NoPod);
         }
@@ -342,35 +423,13 @@ impl ClusterStore {
                 .and_then(|spec| spec.node_name.clone())
                 .unwrap_or_default();
         }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let endpoints: Api<SpiderEndpoint> = Api::namespaced(self.client.clone(), &namespace);
-        let (ns, node, endpoint) = tokio::join!(
-            namespaces.get(&namespace),
-            nodes.get_opt(&request.node.name),
-            endpoints.get_opt(&name)
-        );
-        let ns = ns.map_err(|err| ClusterError::api(format!("reading namespace {namespace}"), err))?;
-        request.namespace.labels = ns.labels().clone();
-        request.namespace.annotations = ns.annotations().clone();
-        let node = node
-            .map_err(|err| ClusterError::api(format!("reading node {}", request.node.name), err))?
-            .ok_or_else(|| ClusterError::NodeNotFound(request.node.name.clone()))?;
-        request.node.labels = node.labels().clone();
-        let endpoint = endpoint
-            .map_err(|err| ClusterError::api(format!("reading SpiderEndpoint {namespace}/{name}"), err))?;
         let (owner_kind, owner_name) = pod
             .owner_references()
             .iter()
             .find(|owner| owner.controller == Some(true))
             .map(|owner| (owner.kind.clone(), owner.name.clone()))
             .unwrap_or_else(|| ("Pod".into(), name.clone()));
-        let committed = endpoint
-            .as_ref()
-            .filter(|endpoint| endpoint.spec.uid == uid)
-            .map(|endpoint| endpoint_addresses(&endpoint.spec))
-            .unwrap_or_default();
-        Ok(Pending {
+        let mut pending = Pending {
             pod: PodRecord {
                 uid,
                 node: request.node.name.clone(),
@@ -378,9 +437,65 @@ impl ClusterStore {
                 owner_name,
             },
             request,
-            committed,
-            endpoint,
-        })
+            endpoint: None,
+        };
+        if pending.pod.owner_kind == "StatefulSet" {
+            // Its predecessor's addresses are named by the endpoint.
+            pending.endpoint = Some(self.read_endpoint(&pending.request).await?);
+        }
+        Ok(pending)
+    }
+
+    /// The endpoint of the request's pod, if there is one.
+    async fn read_endpoint(&self, request: &Request) -> Result<Option<SpiderEndpoint>, ClusterError> {
+        let (namespace, name) = (&request.pod.namespace, &request.pod.name);
+        Api::<SpiderEndpoint>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|err| ClusterError::api(format!("reading SpiderEndpoint {namespace}/{name}"), err))
+    }
+
+    /// The labels and annotations of each namespace.
+    async fn read_namespaces(
+        &self,
+        names: BTreeSet<String>,
+    ) -> BTreeMap<String, Result<NamespaceFacts, ClusterError>> {
+        let mut reads = tokio::task::JoinSet::new();
+        for name in names {
+            let api: Api<Namespace> = Api::all(self.client.clone());
+            reads.spawn(async move {
+                let read = api
+                    .get(&name)
+                    .await
+                    .map(|ns| NamespaceFacts {
+                        labels: ns.labels().clone(),
+                        annotations: ns.annotations().clone(),
+                    })
+                    .map_err(|err| ClusterError::api(format!("reading namespace {name}"), err));
+                (name, read)
+            });
+        }
+        reads.join_all().await.into_iter().collect()
+    }
+
+    /// The labels of each node.
+    async fn read_nodes(
+        &self,
+        names: BTreeSet<String>,
+    ) -> BTreeMap<String, Result<spiderpool_core::Labels, ClusterError>> {
+        let mut reads = tokio::task::JoinSet::new();
+        for name in names {
+            let api: Api<Node> = Api::all(self.client.clone());
+            reads.spawn(async move {
+                let read = match api.get_opt(&name).await {
+                    Ok(Some(node)) => Ok(node.labels().clone()),
+                    Ok(None) => Err(ClusterError::NodeNotFound(name.clone())),
+                    Err(err) => Err(ClusterError::api(format!("reading node {name}"), err)),
+                };
+                (name, read)
+            });
+        }
+        reads.join_all().await.into_iter().collect()
     }
 
     /// Reads the pools and reserved IPs.
@@ -416,23 +531,36 @@ impl ClusterStore {
     /// version read, or none after the first conflict.
     async fn attempt(
         &self,
-        pending: &[(usize, Pending)],
+        pending: &mut [(usize, Pending)],
     ) -> Result<Vec<Result<Plan, ClusterError>>, Attempt> {
         let Snapshot {
             pools,
             catalog,
             mut state,
         } = self.snapshot().await.map_err(Attempt::Failed)?;
+        // A pod that holds addresses already: its endpoint says which are committed.
+        let mut reads = tokio::task::JoinSet::new();
+        for (position, (_, prepared)) in pending.iter().enumerate() {
+            if prepared.endpoint.is_none() && !state.held_by(&prepared.request.owner()).is_empty() {
+                let store = self.clone();
+                let request = prepared.request.clone();
+                reads.spawn(async move { (position, store.read_endpoint(&request).await) });
+            }
+        }
+        for (position, read) in reads.join_all().await {
+            pending[position].1.endpoint = Some(read.map_err(Attempt::Failed)?);
+        }
         let mut touched = BTreeSet::new();
         let mut plans = Vec::new();
-        for (_, prepared) in pending {
+        for (_, prepared) in pending.iter() {
             let owner = prepared.request.owner();
+            let committed = prepared.committed();
             let mut changes = self.sticky_transfers(prepared, &state);
             changes.extend(
                 state
                     .held_by(&owner)
                     .into_iter()
-                    .filter(|held| !prepared.committed.contains(&(held.pool.clone(), held.address)))
+                    .filter(|held| !committed.contains(&(held.pool.clone(), held.address)))
                     .map(|held| Change::Release {
                         pool: held.pool,
                         address: held.address,
@@ -462,7 +590,7 @@ impl ClusterStore {
     /// For a StatefulSet pod re-created under the same name, the records of its predecessor
     /// (named by the endpoint) move to it: the pod keeps its addresses.
     fn sticky_transfers(&self, prepared: &Pending, state: &InMemoryState) -> Vec<Change> {
-        let Some(endpoint) = &prepared.endpoint else {
+        let Some(Some(endpoint)) = &prepared.endpoint else {
             return Vec::new();
         };
         if prepared.pod.owner_kind != "StatefulSet" || endpoint.spec.uid == prepared.pod.uid {
@@ -504,8 +632,11 @@ impl ClusterStore {
             let mut pool = read.clone();
             pool.status = Some(status_of(name, catalog, state, read.status.as_ref()));
             match api.replace_status(name, &PostParams::default(), &pool).await {
-                Ok(_) => {}
+                Ok(_) => {
+                    self.counters.pool_writes.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(kube::Error::Api(status)) if status.is_conflict() || status.is_not_found() => {
+                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
                     return Err(Attempt::Conflict(vec![name.clone()]));
                 }
                 Err(error) => {
@@ -523,7 +654,8 @@ impl ClusterStore {
     async fn commit(&self, prepared: &Pending, plan: &Plan) -> Result<(), ClusterError> {
         let request = &prepared.request;
         let api: Api<SpiderEndpoint> = Api::namespaced(self.client.clone(), &request.pod.namespace);
-        let mut endpoint = prepared.endpoint.clone();
+        // Unread: the pod is new, so create, and read only if that finds one.
+        let mut endpoint = prepared.endpoint.clone().flatten();
         for _ in 0..self.budget.attempts {
             let mut ips: Vec<EndpointInterface> = endpoint
                 .as_ref()

@@ -4,11 +4,16 @@
 //! Every decision comes from `spiderpool-core`; this crate loads what the engine needs,
 //! writes what it decides with compare-and-swap (`resourceVersion`), and retries on conflict.
 
+pub mod batch;
 pub mod cluster;
 pub mod crd;
 pub mod gc;
+pub mod multus;
 
-pub use cluster::{Allocation, ClusterError, ClusterStore, Release, RetryBudget, documents, held_addresses};
+pub use batch::Batcher;
+pub use cluster::{
+    Allocation, ClusterError, ClusterStore, Release, RetryBudget, StoreCounters, documents, held_addresses,
+};
 pub use crd::{
     EndpointInterface, LinkConfig, NetworkPools, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
     SpiderIPPoolSpec, SpiderMultusConfig, SpiderMultusConfigSpec, SpiderReservedIP, SpiderReservedIPSpec,

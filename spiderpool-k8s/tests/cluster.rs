@@ -44,6 +44,31 @@ async fn the_seed_at_the_api_level_prints_the_seed_table() {
         return;
     };
     install_crds(&config);
+    // Only this test uses the seed's names; a server used before starts from scratch too.
+    kubectl(
+        &config,
+        &[
+            "delete",
+            "spiderippool",
+            "test-ippool-6",
+            "test-ippool-7",
+            "--ignore-not-found",
+        ],
+        "",
+    );
+    kubectl(
+        &config,
+        &[
+            "delete",
+            "pod",
+            "test-app-j9ftl",
+            "test-app-nkq5h",
+            "--ignore-not-found",
+            "--grace-period=0",
+            "--force",
+        ],
+        "",
+    );
     let seed = std::fs::read_to_string(common::repo().join("spiderpool-core/scenarios/network-zones.yaml"))
         .expect("the seed YAML");
     kubectl(&config, &["apply", "-f", "-"], &seed);

@@ -7,7 +7,6 @@ mod common;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Mutex;
 
 use common::{client, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
 use k8s_openapi::api::core::v1::Pod;
@@ -19,7 +18,7 @@ use spiderpool_k8s::gc::{Collector, SweepReport, unix_now};
 use spiderpool_k8s::{ClusterStore, SpiderEndpoint};
 
 /// One test at a time.
-static SWEEPS: Mutex<()> = Mutex::new(());
+static SWEEPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A namespace, a node and a pool serving that node, for one test.
 struct Fixture {
@@ -136,7 +135,7 @@ async fn a_deleted_pod_loses_its_address_and_its_endpoint() {
     let Some(config) = kubeconfig("a_deleted_pod_loses_its_address_and_its_endpoint") else {
         return;
     };
-    let _one = SWEEPS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = SWEEPS.lock().await;
     let fixture = Fixture::new(&config, "deleted").await;
     fixture.pod("web", "");
     fixture.pod("keep", "");
@@ -169,7 +168,7 @@ async fn a_finished_pod_keeps_its_address_for_the_grace_period() {
     let Some(config) = kubeconfig("a_finished_pod_keeps_its_address_for_the_grace_period") else {
         return;
     };
-    let _one = SWEEPS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = SWEEPS.lock().await;
     let fixture = Fixture::new(&config, "finished").await;
     fixture.pod("job", "");
     fixture.allocate("job").await;
@@ -215,7 +214,7 @@ async fn a_pod_on_a_deleted_node_loses_its_address() {
     let Some(config) = kubeconfig("a_pod_on_a_deleted_node_loses_its_address") else {
         return;
     };
-    let _one = SWEEPS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = SWEEPS.lock().await;
     let fixture = Fixture::new(&config, "node").await;
     fixture.pod("web", "");
     fixture.allocate("web").await;
@@ -236,7 +235,7 @@ async fn a_statefulset_pod_keeps_its_address_across_re_creation() {
     let Some(config) = kubeconfig("a_statefulset_pod_keeps_its_address_across_re_creation") else {
         return;
     };
-    let _one = SWEEPS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = SWEEPS.lock().await;
     let fixture = Fixture::new(&config, "sts").await;
     let set = format!(
         "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: {}\nspec:\n  replicas: 1\n  \
@@ -325,7 +324,7 @@ async fn an_orphaned_endpoint_is_deleted() {
     let Some(config) = kubeconfig("an_orphaned_endpoint_is_deleted") else {
         return;
     };
-    let _one = SWEEPS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = SWEEPS.lock().await;
     let fixture = Fixture::new(&config, "orphan").await;
     let endpoint = format!(
         "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderEndpoint\nmetadata:\n  name: ghost\n  namespace: {}\n\
@@ -351,7 +350,7 @@ async fn an_allocation_that_never_committed_is_released_after_the_grace_period()
     else {
         return;
     };
-    let _one = SWEEPS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = SWEEPS.lock().await;
     let fixture = Fixture::new(&config, "uncommitted").await;
     fixture.pod("web", "");
     let address = fixture.allocate("web").await;

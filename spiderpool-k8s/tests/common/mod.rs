@@ -37,6 +37,11 @@ pub async fn client(kubeconfig: &Path) -> Client {
 
 /// Runs `kubectl --kubeconfig K args...` with `stdin`; panics with its output when it fails.
 pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {
+    try_kubectl(kubeconfig, args, stdin).unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// Runs `kubectl --kubeconfig K args...` with `stdin`: its stdout, or what it said on failure.
+pub fn try_kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Result<String, String> {
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -54,14 +59,16 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {
         .expect("writing kubectl's stdin");
     let output = child.wait_with_output().expect("kubectl runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "kubectl {}: {}\n{stdout}{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "kubectl {}: {}\n{stdout}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }
 
 /// The repository root.
@@ -104,13 +111,17 @@ pub fn install_crds(kubeconfig: &Path) {
         "-f",
         "-",
     ];
-    for _ in 0..100 {
-        if kubectl(kubeconfig, &dry_run, probe) == "4" {
+    // Until then, or until the new resource is in the server's discovery ("resource kind not
+    // found" right after Established), the probe fails or comes back without the version.
+    let mut last = Ok(String::new());
+    for _ in 0..300 {
+        last = try_kubectl(kubeconfig, &dry_run, probe);
+        if last.as_deref() == Ok("4") {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    panic!("deploy/admission: spec.ipVersion is still not defaulted after 10 s");
+    panic!("deploy/admission: spec.ipVersion is still not defaulted after 30 s: {last:?}");
 }
 
 /// A node object (no kubelet: the IPAM only reads its name and labels).

@@ -1,0 +1,392 @@
+//! The cluster figure: many pods over simulated nodes allocating at once through a real API
+//! server, with latency added between the allocators and the server.
+//!
+//! ```text
+//! cargo run --release -p spiderpool-bench --bin cluster-bench -- --kubeconfig K \
+//!     --pods 1000 --nodes 10 --latency-ms 5 --mode agent
+//! ```
+//!
+//! Nodes and pods are API objects (no kubelet runs): half the nodes are in zone a, half in zone
+//! b, one pool per zone pinned by `nodeAffinity`, every pod listing both pools. The modes are
+//! the two designs of the plugin's cluster mode: `direct`, where every CNI call builds its own
+//! client and allocates alone (what a plugin process with `ipam.kubeconfig` does), and
+//! `agent`, where one allocator per node writes the ADDs that arrive together as one batch
+//! (what `spiderpool agent` does). The latency is added by a TCP proxy in front of the API
+//! server that holds every byte from the client for `--latency-ms` before forwarding it.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use spiderpool_core::Request;
+use spiderpool_k8s::{Batcher, ClusterStore, SpiderIPPool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(about = "Allocation through a real API server: many pods over simulated nodes, at once")]
+struct Args {
+    /// The API server's kubeconfig.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Pods in all.
+    #[arg(long, default_value_t = 1000)]
+    pods: usize,
+    /// Simulated nodes (half in each zone).
+    #[arg(long, default_value_t = 10)]
+    nodes: usize,
+    /// Latency added to every byte from the allocators to the API server, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    latency_ms: u64,
+    /// Which design to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Agent)]
+    mode: Mode,
+}
+
+/// The plugin's cluster designs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Every call its own client, one allocation per write.
+    Direct,
+    /// One batching allocator per node.
+    Agent,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match runtime.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cluster-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client(kubeconfig: &Kubeconfig) -> Result<Client, String> {
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &KubeConfigOptions::default())
+        .await
+        .map_err(|err| err.to_string())?;
+    Client::try_from(config).map_err(|err| err.to_string())
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    let file = Kubeconfig::read_from(&args.kubeconfig).map_err(|err| err.to_string())?;
+    let direct = client(&file).await?;
+    let upstream = server_address(&file)?;
+    let proxy = start_proxy(upstream, Duration::from_millis(args.latency_ms)).await?;
+    let mut slow_file = file.clone();
+    for cluster in &mut slow_file.clusters {
+        if let Some(cluster) = cluster.cluster.as_mut() {
+            cluster.server = Some(format!("https://{proxy}"));
+        }
+    }
+
+    let id = format!("b{}", std::process::id());
+    let namespace = format!("{id}-pods");
+    println!(
+        "cluster-bench: {} pods over {} nodes, 2 zone pools, +{} ms per request, mode {:?} (run {id})",
+        args.pods, args.nodes, args.latency_ms, args.mode
+    );
+    let setup = Instant::now();
+    create_objects(&direct, &id, &namespace, args).await?;
+    println!("setup: {:.1} s (not counted)", setup.elapsed().as_secs_f64());
+
+    let requests: Vec<(usize, Request)> = (0..args.pods)
+        .map(|index| {
+            let mut request = Request::new(format!("c-{index}"), "eth0");
+            request.pod.namespace = namespace.clone();
+            request.pod.name = format!("pod-{index}");
+            (index % args.nodes, request)
+        })
+        .collect();
+    let counters_store = ClusterStore::new(client(&slow_file).await?);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    match args.mode {
+        Mode::Agent => {
+            let mut batchers = Vec::new();
+            for _ in 0..args.nodes {
+                batchers.push(Batcher::spawn(
+                    counters_store_clone(&counters_store, &slow_file).await?,
+                ));
+            }
+            for (node, request) in requests {
+                let batcher = batchers[node].clone();
+                tasks.spawn(async move {
+                    let began = Instant::now();
+                    (batcher.allocate(request).await, began.elapsed())
+                });
+            }
+        }
+        Mode::Direct => {
+            for (_, request) in requests {
+                let file = slow_file.clone();
+                let shared = counters_store.clone();
+                tasks.spawn(async move {
+                    let began = Instant::now();
+                    // A plugin process: its own client, its own connection.
+                    let result = match client(&file).await {
+                        Ok(client) => shared.with_client(client).allocate(request).await,
+                        Err(error) => panic!("a client: {error}"),
+                    };
+                    (result, began.elapsed())
+                });
+            }
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut addresses = BTreeSet::new();
+    let mut failures = Vec::new();
+    let mut duplicates = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (result, latency) = done.map_err(|err| err.to_string())?;
+        latencies.push(latency);
+        match result {
+            Ok(allocation) => {
+                let address: IpAddr = allocation.plan.interfaces[0].addresses[0].address;
+                if !addresses.insert(address) {
+                    duplicates += 1;
+                }
+            }
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
+    let total = started.elapsed();
+    let conflicts = counters_store.counters().conflicts.load(Ordering::Relaxed);
+    let writes = counters_store.counters().pool_writes.load(Ordering::Relaxed);
+
+    // Duplicates as the API server records them, not only as answered.
+    let (_, state) = ClusterStore::new(direct.clone())
+        .state()
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut recorded = 0;
+    let mut seen = BTreeSet::new();
+    for zone in ["a", "b"] {
+        for (address, _) in spiderpool_core::AllocationState::allocations(&state, &format!("{id}-{zone}")) {
+            recorded += 1;
+            if !seen.insert(address) {
+                duplicates += 1;
+            }
+        }
+    }
+    latencies.sort();
+    let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
+    println!("total IPAM time: {:.2} s", total.as_secs_f64());
+    println!(
+        "allocations: {} answered, {} recorded, {} failed, {duplicates} duplicates",
+        addresses.len(),
+        recorded,
+        failures.len()
+    );
+    println!(
+        "conflicts: {conflicts} ({:.3} per allocation), pool writes: {writes}",
+        conflicts as f64 / args.pods as f64
+    );
+    println!(
+        "per-pod latency: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        quantile(0.5),
+        quantile(0.9),
+        quantile(0.99),
+        quantile(1.0)
+    );
+    if let Some(first) = failures.first() {
+        println!("first failure: {first}");
+    }
+    cleanup(&direct, &id, &namespace, args).await;
+    if duplicates > 0 {
+        return Err(format!("{duplicates} duplicate addresses"));
+    }
+    Ok(())
+}
+
+/// A store sharing `shared`'s counters, with a client of its own.
+async fn counters_store_clone(shared: &ClusterStore, file: &Kubeconfig) -> Result<ClusterStore, String> {
+    Ok(shared.with_client(client(file).await?))
+}
+
+fn server_address(file: &Kubeconfig) -> Result<SocketAddr, String> {
+    let server = file
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .ok_or("the kubeconfig names no server")?;
+    let authority = server
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    authority
+        .parse()
+        .map_err(|_| format!("server {server}: expected https://IP:PORT"))
+}
+
+/// A TCP proxy to `upstream` that holds every chunk from the client for `delay`.
+async fn start_proxy(upstream: SocketAddr, delay: Duration) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|err| err.to_string())?;
+    let address = listener.local_addr().map_err(|err| err.to_string())?;
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, delay));
+                tokio::spawn(pump(server_read, client_write, Duration::ZERO));
+            });
+        }
+    });
+    Ok(address)
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it arrived (chunks keep their order and do
+/// not wait for each other: the delay is latency, not a bandwidth limit).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (chunks, mut queue) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((arrived, chunk)) = queue.recv().await {
+            tokio::time::sleep_until((arrived + delay).into()).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if chunks.send((Instant::now(), buffer[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(chunks);
+    let _ = writer.await;
+}
+
+/// Nodes in two zones, a pool per zone, and the pods, bound round-robin to the nodes.
+async fn create_objects(client: &Client, id: &str, namespace: &str, args: &Args) -> Result<(), String> {
+    let fail = |what: &str, err: kube::Error| format!("creating {what}: {err}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let object: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}})).expect("a namespace");
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .map_err(|err| fail("the namespace", err))?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for index in 0..args.nodes {
+        let zone = if index < args.nodes / 2 { "a" } else { "b" };
+        let node: Node = serde_json::from_value(serde_json::json!({"metadata": {
+            "name": format!("{id}-node-{index}"),
+            "labels": {"bench.spiderpool.io/zone": format!("{id}-{zone}")}}}))
+        .expect("a node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .map_err(|err| fail("a node", err))?;
+    }
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    for (zone, octet) in [("a", 100), ("b", 101)] {
+        let last = args.pods + 10;
+        let pool: SpiderIPPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+            "metadata": {"name": format!("{id}-{zone}")},
+            "spec": {
+                "subnet": format!("10.{octet}.0.0/16"),
+                "ips": [format!("10.{octet}.0.1-10.{octet}.{}.{}", last / 256, last % 256)],
+                "nodeAffinity": {"matchLabels": {"bench.spiderpool.io/zone": format!("{id}-{zone}")}}
+            }
+        }))
+        .expect("a pool");
+        pools
+            .create(&PostParams::default(), &pool)
+            .await
+            .map_err(|err| fail("a pool", err))?;
+    }
+    let annotation = format!(r#"{{"ipv4": ["{id}-a", "{id}-b"]}}"#);
+    let mut creations = tokio::task::JoinSet::new();
+    for index in 0..args.pods {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("pod-{index}"), "annotations": {"ipam.spidernet.io/ippool": annotation}},
+            "spec": {"nodeName": format!("{id}-node-{}", index % args.nodes),
+                     "containers": [{"name": "app", "image": "nginx"}]}
+        }))
+        .expect("a pod");
+        creations.spawn(async move { pods.create(&PostParams::default(), &pod).await });
+        if creations.len() >= 64
+            && let Some(done) = creations.join_next().await
+        {
+            done.map_err(|err| err.to_string())?
+                .map_err(|err| fail("a pod", err))?;
+        }
+    }
+    while let Some(done) = creations.join_next().await {
+        done.map_err(|err| err.to_string())?
+            .map_err(|err| fail("a pod", err))?;
+    }
+    Ok(())
+}
+
+/// Deletes what the run created; failures are only reported.
+async fn cleanup(client: &Client, id: &str, namespace: &str, args: &Args) {
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let endpoints: Api<spiderpool_k8s::SpiderEndpoint> = Api::namespaced(client.clone(), namespace);
+    let everything = ListParams::default();
+    let results = [
+        pods.delete_collection(&now, &everything).await.err(),
+        endpoints.delete_collection(&now, &everything).await.err(),
+    ];
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut errors: Vec<String> = results.into_iter().flatten().map(|e| e.to_string()).collect();
+    for zone in ["a", "b"] {
+        if let Err(error) = pools.delete(&format!("{id}-{zone}"), &now).await {
+            errors.push(error.to_string());
+        }
+    }
+    for index in 0..args.nodes {
+        if let Err(error) = nodes.delete(&format!("{id}-node-{index}"), &now).await {
+            errors.push(error.to_string());
+        }
+    }
+    if let Err(error) = namespaces.delete(namespace, &now).await {
+        errors.push(error.to_string());
+    }
+    if !errors.is_empty() {
+        eprintln!("cleanup: {}", errors.join("; "));
+    }
+}
