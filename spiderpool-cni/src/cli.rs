@@ -76,12 +76,35 @@ pub enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// Runs the cluster controller: renders each SpiderMultusConfig into its Multus
+    /// NetworkAttachmentDefinition, and collects the addresses of pods that are gone.
+    Controller(Box<ControllerArgs>),
     /// Runs a scenario end to end.
     Demo {
         /// Which scenario.
         #[command(subcommand)]
         scenario: DemoScenario,
     },
+}
+
+/// `spiderpool controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// The cluster's kubeconfig; default `KUBECONFIG`, then the in-cluster service account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Seconds between two garbage-collection sweeps.
+    #[arg(long, default_value_t = 30)]
+    pub gc_interval_seconds: u64,
+    /// Seconds a finished pod (Succeeded or Failed) keeps its addresses.
+    #[arg(long, default_value_t = 60)]
+    pub finished_grace_seconds: i64,
+    /// Seconds an address may stay held without a SpiderEndpoint committing it.
+    #[arg(long, default_value_t = 120)]
+    pub uncommitted_grace_seconds: i64,
+    /// The node agents' socket, written into every rendered network (`ipam.agent_socket`).
+    #[arg(long, default_value = "/run/spiderpool/agent.sock")]
+    pub agent_socket: PathBuf,
 }
 
 /// `spiderpool ippool ...`.
@@ -242,6 +265,9 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
         Command::Demo {
             scenario: DemoScenario::NetworkZones { netns },
         } => crate::demo::network_zones_demo(*netns).map_err(fail),
+        Command::Controller(args) => crate::cluster::run_controller(args)
+            .map(|()| String::new())
+            .map_err(fail),
         Command::Agent { socket, kubeconfig } => crate::cluster::serve_agent(socket, kubeconfig.as_deref())
             .map(|()| String::new())
             .map_err(fail),

@@ -25,19 +25,55 @@ pub fn run<T, F: Future<Output = Result<T, ClusterError>>>(
     })
 }
 
-/// `spiderpool agent`: serves `socket` until killed.
-pub fn serve_agent(socket: &Path, kubeconfig: Option<&Path>) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// A multi-threaded runtime for the long-running commands.
+fn daemon_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|err| format!("starting the runtime: {err}"))?;
-    runtime.block_on(async {
-        let client = match kubeconfig {
-            Some(path) => client(path).await.map_err(|err| err.msg)?,
-            None => kube::Client::try_default().await.map_err(|err| {
-                format!("no kubeconfig: {err}; pass --kubeconfig, set KUBECONFIG, or run in a pod")
-            })?,
+        .map_err(|err| format!("starting the runtime: {err}"))
+}
+
+/// The client of a daemon: `--kubeconfig`, else `KUBECONFIG`, else the pod's service account.
+async fn daemon_client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> {
+    match kubeconfig {
+        Some(path) => client(path).await.map_err(|err| err.msg),
+        None => kube::Client::try_default().await.map_err(|err| {
+            format!("no kubeconfig: {err}; pass --kubeconfig, set KUBECONFIG, or run in a pod")
+        }),
+    }
+}
+
+/// `spiderpool controller`: the Multus controller and the garbage collector, until killed.
+pub fn run_controller(args: &crate::cli::ControllerArgs) -> Result<(), String> {
+    daemon_runtime()?.block_on(async {
+        let client = daemon_client(args.kubeconfig.as_deref()).await?;
+        let settings = spiderpool_k8s::multus::RenderSettings {
+            agent_socket: Some(args.agent_socket.clone()),
+            ..Default::default()
         };
+        let policy = spiderpool_core::gc::GcPolicy {
+            finished_grace: args.finished_grace_seconds,
+            uncommitted_grace: args.uncommitted_grace_seconds,
+        };
+        let interval = std::time::Duration::from_secs(args.gc_interval_seconds.max(1));
+        let collector =
+            spiderpool_k8s::gc::run_collector(ClusterStore::new(client.clone()), policy, interval);
+        let multus = async {
+            // Without Multus' CRD there is nothing to render; collecting goes on.
+            if let Err(error) = spiderpool_k8s::multus::run_multus_controller(client, settings).await {
+                eprintln!("spiderpool controller: SpiderMultusConfig controller stopped: {error}");
+            }
+        };
+        eprintln!("spiderpool controller: running");
+        tokio::join!(collector, multus);
+        Ok(())
+    })
+}
+
+/// `spiderpool agent`: serves `socket` until killed.
+pub fn serve_agent(socket: &Path, kubeconfig: Option<&Path>) -> Result<(), String> {
+    daemon_runtime()?.block_on(async {
+        let client = daemon_client(kubeconfig).await?;
         eprintln!("spiderpool agent: serving {}", socket.display());
         crate::agent::serve(socket, ClusterStore::new(client))
             .await

@@ -71,6 +71,10 @@ pub struct RenderSettings {
     /// `ipam.kubeconfig`: it selects the plugin's cluster mode, where pools and allocations live
     /// in the API server. `None` leaves it out (the plugin then uses its node-local files).
     pub kubeconfig: Option<PathBuf>,
+    /// The socket of the node agent, written as `ipam.agent_socket`: the plugin forwards each
+    /// call to the agent, which batches allocations (the deployment's choice, see
+    /// `docs/decisions/0007-cluster-mode.md`). Takes precedence over `kubeconfig` in the plugin.
+    pub agent_socket: Option<PathBuf>,
 }
 
 impl Default for RenderSettings {
@@ -78,6 +82,7 @@ impl Default for RenderSettings {
         RenderSettings {
             cni_version: DEFAULT_CNI_VERSION.into(),
             kubeconfig: None,
+            agent_socket: None,
         }
     }
 }
@@ -195,6 +200,7 @@ pub enum MultusError {
 mod ipam_keys {
     pub const TYPE: &str = "type";
     pub const KUBECONFIG: &str = "kubeconfig";
+    pub const AGENT_SOCKET: &str = "agent_socket";
     pub const DEFAULT_IPV4_IPPOOL: &str = "default_ipv4_ippool";
     pub const DEFAULT_IPV6_IPPOOL: &str = "default_ipv6_ippool";
 }
@@ -214,8 +220,9 @@ mod ipam_keys {
 /// which **must already exist on every node**: Spiderpool's `ifacer` plugin, which creates it,
 /// is not part of this project.
 ///
-/// The `ipam` section is `{"type": "spiderpool", "kubeconfig": ..., "default_ipv4_ippool": [...],
-/// "default_ipv6_ippool": [...]}`, without the kubeconfig when the settings have none and without
+/// The `ipam` section is `{"type": "spiderpool", "kubeconfig": ..., "agent_socket": ...,
+/// "default_ipv4_ippool": [...], "default_ipv6_ippool": [...]}`, without the kubeconfig or the
+/// socket when the settings have none and without
 /// empty pool lists; `disableIPAM: true` leaves the section out. The plugin carries
 /// `"args": {"cni": {"network_namespace": namespace}}`, from which the `spiderpool` plugin learns
 /// the attachment's namespace, so that pools with `multusName: namespace/name` serve it.
@@ -402,6 +409,12 @@ fn ipam_section(pools: Option<&NetworkPools>, settings: &RenderSettings) -> Valu
         ipam.insert(
             ipam_keys::KUBECONFIG.into(),
             kubeconfig.to_string_lossy().into_owned().into(),
+        );
+    }
+    if let Some(socket) = &settings.agent_socket {
+        ipam.insert(
+            ipam_keys::AGENT_SOCKET.into(),
+            socket.to_string_lossy().into_owned().into(),
         );
     }
     if let Some(pools) = pools {

@@ -30,6 +30,7 @@ fn settings() -> RenderSettings {
     RenderSettings {
         cni_version: "0.3.1".into(),
         kubeconfig: Some(KUBECONFIG.into()),
+        agent_socket: None,
     }
 }
 
@@ -77,7 +78,7 @@ fn render(spec: &SpiderMultusConfigSpec) -> (Value, Vec<(String, String)>, Vec<S
 
 /// The ipam keys the `spiderpool` plugin accepts (spiderpool-cni's `IpamConfig`, which denies
 /// unknown fields), with the JSON type of each.
-const IPAM_KEYS: [(&str, &str); 18] = [
+const IPAM_KEYS: [(&str, &str); 19] = [
     ("type", "string"),
     ("ippools_path", "string"),
     ("ippools", "array"),
@@ -88,6 +89,7 @@ const IPAM_KEYS: [(&str, &str); 18] = [
     ("default_ipv6_ippool", "strings"),
     ("clean_gateway", "bool"),
     ("kubeconfig", "string"),
+    ("agent_socket", "string"),
     ("busy_wait_ms", "number"),
     ("log_level", "any"),
     ("log_file_path", "any"),
@@ -290,6 +292,24 @@ fn custom_is_used_as_written() {
     );
     assert!(rendered.annotations.is_empty());
     assert!(rendered.notes.is_empty());
+}
+
+#[test]
+fn the_agent_socket_of_the_deployment_reaches_the_plugin() {
+    let mut macvlan = spec("macvlan");
+    macvlan.macvlan = Some(link(&["eth0"], None, None));
+    let settings = RenderSettings {
+        agent_socket: Some("/run/spiderpool/agent.sock".into()),
+        kubeconfig: None,
+        ..settings()
+    };
+    let rendered = render_network("ns", "net", &macvlan, &settings).expect("renders");
+    let config: Value = serde_json::from_str(&rendered.config).expect("JSON");
+    assert_eq!(
+        config["plugins"][0]["ipam"],
+        json!({"type": "spiderpool", "agent_socket": "/run/spiderpool/agent.sock"})
+    );
+    assert_plugin_accepts(&config);
 }
 
 #[test]
