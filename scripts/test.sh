@@ -5,6 +5,7 @@
 # As root it first installs what the end-to-end tests drive: Debian's CNI plugins
 # (containernetworking-plugins: macvlan, bridge, host-local in /usr/lib/cni), iproute2 and
 # ping, and libcni's cnitool (built from the Go module proxy into a cache outside the tree).
+# Helm 3 (scripts/install-helm.sh, built the same way; HELM) serves the Helm chart's tests.
 #
 # Then it builds (once, cached outside the tree) and starts a real kube-apiserver + etcd on
 # loopback (scripts/install-k8s-testenv.sh, scripts/k8s-testenv.sh) and exports
@@ -31,6 +32,12 @@ fi
 if [ -f scripts/install-cnitool.sh ]; then
   CNITOOL="$(bash scripts/install-cnitool.sh)"
   export CNITOOL
+fi
+
+# Helm 3 for the chart's tests (spiderpool-k8s/tests/deploy.rs), built like cnitool.
+if [ -f scripts/install-helm.sh ]; then
+  HELM="$(bash scripts/install-helm.sh | tail -n1)"
+  export HELM
 fi
 
 if [ -f scripts/install-k8s-testenv.sh ] && [ -z "${SPIDERPOOL_TEST_KUBECONFIG:-}" ]; then
