@@ -105,6 +105,17 @@ pub struct ControllerArgs {
     /// The node agents' socket, written into every rendered network (`ipam.agent_socket`).
     #[arg(long, default_value = "/run/spiderpool/agent.sock")]
     pub agent_socket: PathBuf,
+    /// Serve the validating admission webhook of pools and reserved IPs with this PEM
+    /// certificate chain (with --webhook-key); register it with a ValidatingWebhookConfiguration
+    /// whose caBundle trusts the certificate.
+    #[arg(long, requires = "webhook_key")]
+    pub webhook_cert: Option<PathBuf>,
+    /// The PEM private key of --webhook-cert.
+    #[arg(long, requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+    /// Where the webhook listens.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    pub webhook_listen: std::net::SocketAddr,
 }
 
 /// `spiderpool ippool ...`.

@@ -43,7 +43,8 @@ async fn daemon_client(kubeconfig: Option<&Path>) -> Result<kube::Client, String
     }
 }
 
-/// `spiderpool controller`: the Multus controller and the garbage collector, until killed.
+/// `spiderpool controller`: the Multus controller, the garbage collector and (with a
+/// certificate) the admission webhook, until killed.
 pub fn run_controller(args: &crate::cli::ControllerArgs) -> Result<(), String> {
     daemon_runtime()?.block_on(async {
         let client = daemon_client(args.kubeconfig.as_deref()).await?;
@@ -58,15 +59,25 @@ pub fn run_controller(args: &crate::cli::ControllerArgs) -> Result<(), String> {
         let interval = std::time::Duration::from_secs(args.gc_interval_seconds.max(1));
         let collector =
             spiderpool_k8s::gc::run_collector(ClusterStore::new(client.clone()), policy, interval);
+        let webhook_client = client.clone();
         let multus = async {
             // Without Multus' CRD there is nothing to render; collecting goes on.
             if let Err(error) = spiderpool_k8s::multus::run_multus_controller(client, settings).await {
                 eprintln!("spiderpool controller: SpiderMultusConfig controller stopped: {error}");
             }
         };
+        let webhook = async {
+            if let (Some(cert), Some(key)) = (&args.webhook_cert, &args.webhook_key) {
+                spiderpool_k8s::webhook::serve(args.webhook_listen, cert, key, webhook_client)
+                    .await
+                    .map_err(|err| format!("the admission webhook: {err}"))
+            } else {
+                Ok(())
+            }
+        };
         eprintln!("spiderpool controller: running");
-        tokio::join!(collector, multus);
-        Ok(())
+        let ((), (), webhook) = tokio::join!(collector, multus, webhook);
+        webhook
     })
 }
 

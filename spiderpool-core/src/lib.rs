@@ -57,6 +57,7 @@
 //! ");
 //! ```
 
+pub mod admission;
 mod allocate;
 pub mod annotations;
 mod candidates;

@@ -783,6 +783,16 @@ pub enum Problem {
         /// The new value.
         new: String,
     },
+    /// A pool that still holds addresses is being deleted.
+    #[error(
+        "{count} addresses are still allocated ({examples}); delete those pods, or wait for their addresses to be released, before deleting the pool"
+    )]
+    InUse {
+        /// How many.
+        count: usize,
+        /// The first few, with their holders.
+        examples: String,
+    },
     /// An update drops an address that is in use.
     #[error("{address} is in use by {holder}; keep it in ips and out of excludeIPs until it is released")]
     InUseRemoved {

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod crd;
 pub mod gc;
 pub mod multus;
+pub mod webhook;
 
 pub use batch::Batcher;
 pub use cluster::{

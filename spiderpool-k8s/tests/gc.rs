@@ -45,9 +45,17 @@ impl Fixture {
             "orphan" => 5,
             _ => 6,
         };
+        // The pools of earlier runs on the same server hold the same addresses.
+        let label = format!("spiderpool-test=gc-{tag}");
+        kubectl(
+            config,
+            &["delete", "spiderippool", "-l", &label, "--ignore-not-found"],
+            "",
+        );
         let objects = format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\n{}---\n\
-             apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {pool}\n\
+             apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {pool}\n  \
+             labels:\n    spiderpool-test: gc-{tag}\n\
              spec:\n  subnet: 10.70.0.0/16\n  ips:\n  - 10.70.{third}.1-10.70.{third}.9\n  nodeName:\n  - {node}\n",
             node_yaml(&node, &[])
         );
