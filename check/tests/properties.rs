@@ -13,8 +13,8 @@ use spiderpool_check::run::{Driver, Event, Step};
 use spiderpool_check::{Scenario, Shape, parsers, run_ops, strategy};
 use spiderpool_core::annotations::POD_IPPOOL;
 use spiderpool_core::{
-    AllocateError, AllocationState, Change, Holder, InMemoryState, IpRange, IpSet, IpVersion, OwnerKey,
-    Request, allocate, explain, next_free, pool_status, release, usage,
+    AllocateError, AllocationState, Change, Holder, IPPoolStatus, InMemoryState, IpRange, IpSet, IpVersion,
+    OwnerKey, Request, allocate, explain, next_free, pool_status, release, state_from_statuses, usage,
 };
 
 /// What an observer sees of every pool: allocations, cursor and next free address.
@@ -137,6 +137,28 @@ proptest! {
                 prop_assert_eq!(status.allocated_ip_count, Some(used.allocated as i64));
                 prop_assert_eq!(status.total_ip_count, Some(listed as i64));
             }
+            Ok(())
+        })?;
+    }
+
+    /// What pools' statuses record reads back as the same state: the holders of every
+    /// address, with pod and interface, and the cursor. The cluster mode keeps its state only
+    /// there, so an allocation continues exactly where the one before it left off.
+    #[test]
+    fn pool_statuses_read_back_as_the_same_state(shape in strategy::shape(), ops in strategy::ops(60)) {
+        drive(&shape, &ops, |driver, _| {
+            let scenario = driver.scenario;
+            let statuses: Vec<(&str, IPPoolStatus)> = scenario
+                .pools
+                .iter()
+                .map(|facts| {
+                    let pool = scenario.catalog.pool(facts.name).expect("scenario pool");
+                    (facts.name, pool_status(pool, &driver.state))
+                })
+                .collect();
+            let read = state_from_statuses(statuses.iter().map(|(name, status)| (*name, status)))
+                .map_err(|err| TestCaseError::fail(err.to_string()))?;
+            prop_assert_eq!(snapshot(scenario, &read), snapshot(scenario, &driver.state));
             Ok(())
         })?;
     }

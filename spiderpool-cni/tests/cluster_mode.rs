@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Call, NODE_1, NODE_2, PLUGIN, SEED_ANNOTATION, SEED_YAML, TempDir};
-use k8s::{install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
+use common::{Call, PLUGIN, TempDir};
+use k8s::{apply_seed, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
 use serde_json::{Value, json};
 
 const SEED_TABLE: &str =
@@ -89,44 +89,7 @@ fn the_seed_through_the_plugin_and_its_node_agent() {
     let Some(config) = kubeconfig("the_seed_through_the_plugin_and_its_node_agent") else {
         return;
     };
-    install_crds(&config);
-    kubectl(
-        &config,
-        &[
-            "delete",
-            "spiderippool",
-            "test-ippool-6",
-            "test-ippool-7",
-            "--ignore-not-found",
-        ],
-        "",
-    );
-    kubectl(
-        &config,
-        &[
-            "delete",
-            "pod",
-            "test-app-j9ftl",
-            "test-app-nkq5h",
-            "--ignore-not-found",
-            "--grace-period=0",
-            "--force",
-        ],
-        "",
-    );
-    kubectl(&config, &["apply", "-f", "-"], SEED_YAML);
-    let mut objects = node_yaml(NODE_1, &[]) + "---\n" + &node_yaml(NODE_2, &[]);
-    for (pod, node) in [("test-app-j9ftl", NODE_1), ("test-app-nkq5h", NODE_2)] {
-        objects += "---\n";
-        objects += &pod_yaml(
-            "default",
-            pod,
-            node,
-            &[("ipam.spidernet.io/ippool", SEED_ANNOTATION)],
-            &[("app", "test-app")],
-        );
-    }
-    kubectl(&config, &["apply", "-f", "-"], &objects);
+    apply_seed(&config);
     let dir = TempDir::new("cluster-agent");
     let agent = Agent::start(&dir, &config);
     let socket = agent.socket.to_str().expect("a UTF-8 path");

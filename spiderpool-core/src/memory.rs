@@ -196,17 +196,8 @@ impl InMemoryState {
         let (version, value) = (IpVersion::of(address), to_u128(address));
         match change {
             Change::Allocate { holder, .. } => {
-                let id = match self.ids.get(pool) {
-                    Some(&id) => id,
-                    None => self.add_ledger(pool),
-                };
+                let id = self.ledger_for(pool, address)?;
                 let ledger = &mut self.pools[id as usize];
-                if ledger.version.is_some_and(|v| v != version) {
-                    return Err(ApplyError::WrongFamily {
-                        pool: pool.into(),
-                        address,
-                    });
-                }
                 match ledger.held.entry(value) {
                     HashEntry::Occupied(current) => {
                         return Err(ApplyError::AlreadyHeld {
@@ -282,21 +273,29 @@ impl InMemoryState {
     /// assert_eq!(state.cursor("p"), Some(last));
     /// ```
     pub fn set_cursor(&mut self, pool: &str, address: IpAddr) -> Result<(), ApplyError> {
-        let version = IpVersion::of(address);
+        let id = self.ledger_for(pool, address)?;
+        let ledger = &mut self.pools[id as usize];
+        ledger.version = Some(IpVersion::of(address));
+        ledger.cursor = Some(to_u128(address));
+        Ok(())
+    }
+
+    /// The ledger of `pool`, created when new, if `address` is of its family.
+    fn ledger_for(&mut self, pool: &str, address: IpAddr) -> Result<u32, ApplyError> {
         let id = match self.ids.get(pool) {
             Some(&id) => id,
             None => self.add_ledger(pool),
         };
-        let ledger = &mut self.pools[id as usize];
-        if ledger.version.is_some_and(|v| v != version) {
+        if self.pools[id as usize]
+            .version
+            .is_some_and(|v| v != IpVersion::of(address))
+        {
             return Err(ApplyError::WrongFamily {
                 pool: pool.into(),
                 address,
             });
         }
-        ledger.version = Some(version);
-        ledger.cursor = Some(to_u128(address));
-        Ok(())
+        Ok(id)
     }
 
     fn add_ledger(&mut self, pool: &str) -> u32 {

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use common::{client, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
+use common::{apply_seed, client, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
 use kube::Api;
 use spiderpool_core::annotations::POD_IPPOOL;
 use spiderpool_core::{AllocationState, OwnerKey, Request};
@@ -43,57 +43,7 @@ async fn the_seed_at_the_api_level_prints_the_seed_table() {
     let Some(config) = kubeconfig("the_seed_at_the_api_level_prints_the_seed_table") else {
         return;
     };
-    install_crds(&config);
-    // Only this test uses the seed's names; a server used before starts from scratch too.
-    kubectl(
-        &config,
-        &[
-            "delete",
-            "spiderippool",
-            "test-ippool-6",
-            "test-ippool-7",
-            "--ignore-not-found",
-        ],
-        "",
-    );
-    kubectl(
-        &config,
-        &[
-            "delete",
-            "pod",
-            "test-app-j9ftl",
-            "test-app-nkq5h",
-            "--ignore-not-found",
-            "--grace-period=0",
-            "--force",
-        ],
-        "",
-    );
-    let seed = std::fs::read_to_string(common::repo().join("spiderpool-core/scenarios/network-zones.yaml"))
-        .expect("the seed YAML");
-    kubectl(&config, &["apply", "-f", "-"], &seed);
-    let annotation = r#"{"ipv4": ["test-ippool-6", "test-ippool-7"]}"#;
-    let mut objects = String::new();
-    for node in ["controller-node-1", "worker-node-1"] {
-        objects += &node_yaml(node, &[]);
-        objects += "---\n";
-    }
-    objects += &pod_yaml(
-        "default",
-        "test-app-j9ftl",
-        "controller-node-1",
-        &[(POD_IPPOOL, annotation)],
-        &[("app", "test-app")],
-    );
-    objects += "---\n";
-    objects += &pod_yaml(
-        "default",
-        "test-app-nkq5h",
-        "worker-node-1",
-        &[(POD_IPPOOL, annotation)],
-        &[("app", "test-app")],
-    );
-    kubectl(&config, &["apply", "-f", "-"], &objects);
+    apply_seed(&config);
 
     let store = ClusterStore::new(client(&config).await);
     let first = store

@@ -170,3 +170,42 @@ pub fn pod_yaml(
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", std::process::id())
 }
+
+/// The seed of the network-zones scenario on the server, from scratch: its two pools applied
+/// unchanged, its two nodes, and its DaemonSet's pod on each node with the template's
+/// annotation and label. Only the tests that use this touch the seed's names.
+pub fn apply_seed(kubeconfig: &Path) {
+    use spiderpool_core::scenario::{NETWORK_ZONES_ANNOTATION, NETWORK_ZONES_YAML, network_zones_pods};
+    install_crds(kubeconfig);
+    let pods = network_zones_pods();
+    let pools = [
+        "delete",
+        "spiderippool",
+        "test-ippool-6",
+        "test-ippool-7",
+        "--ignore-not-found",
+    ];
+    kubectl(kubeconfig, &pools, "");
+    let mut delete_pods = vec![
+        "delete",
+        "pod",
+        "--ignore-not-found",
+        "--grace-period=0",
+        "--force",
+    ];
+    delete_pods.extend(pods.iter().map(|pod| pod.name.as_str()));
+    kubectl(kubeconfig, &delete_pods, "");
+    kubectl(kubeconfig, &["apply", "-f", "-"], NETWORK_ZONES_YAML);
+    let objects: Vec<String> = pods
+        .iter()
+        .flat_map(|pod| {
+            let node = &pod.request.node.name;
+            let annotations = [("ipam.spidernet.io/ippool", NETWORK_ZONES_ANNOTATION)];
+            [
+                node_yaml(node, &[]),
+                pod_yaml("default", &pod.name, node, &annotations, &[("app", "test-app")]),
+            ]
+        })
+        .collect();
+    kubectl(kubeconfig, &["apply", "-f", "-"], &objects.join("---\n"));
+}
