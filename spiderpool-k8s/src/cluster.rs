@@ -191,6 +191,7 @@ struct PodRecord {
 }
 
 /// One allocation of a batch, with what was read for it.
+#[derive(Clone)]
 struct Pending {
     request: Request,
     pod: PodRecord,
@@ -364,6 +365,7 @@ impl ClusterStore {
                     for (index, _) in &pending {
                         results[*index] = Some(Err(error.clone()));
                     }
+                    self.compensate(&pending).await;
                     break;
                 }
                 Err(Attempt::Conflict(pools)) => {
@@ -377,6 +379,7 @@ impl ClusterStore {
                                 elapsed: started.elapsed(),
                             }));
                         }
+                        self.compensate(&pending).await;
                         break;
                     }
                     tokio::time::sleep(self.budget.backoff(attempt)).await;
@@ -387,6 +390,61 @@ impl ClusterStore {
             .into_iter()
             .map(|result| result.expect("every request has a result"))
             .collect()
+    }
+
+    /// After a batch gave up, releases what its attempts wrote to some pools before a later
+    /// write failed (the first pool of a dual-stack pair, say), so that a pod that got an error
+    /// holds nothing its endpoint does not commit. Best effort: if the API server is gone, the
+    /// collector reclaims those records after its grace period, and the pod's next ADD releases
+    /// them in its own write.
+    async fn compensate(&self, pending: &[(usize, Pending)]) {
+        let Ok((_, state)) = self.state().await else {
+            return;
+        };
+        let mut uncommitted = Vec::new();
+        for (_, prepared) in pending {
+            let owner = prepared.request.owner();
+            if state.held_by(&owner).is_empty() {
+                continue;
+            }
+            // What the endpoint commits now, read again: the batch may not have read it.
+            let Ok(endpoint) = self.read_endpoint(&prepared.request).await else {
+                return;
+            };
+            let committed = Pending {
+                endpoint: Some(endpoint),
+                ..prepared.clone()
+            }
+            .committed();
+            uncommitted.push((owner, committed));
+        }
+        if uncommitted.is_empty() {
+            return;
+        }
+        let budget = RetryBudget {
+            attempts: 5,
+            ..self.budget
+        };
+        let _ = self
+            .clone()
+            .with_budget(budget)
+            .write_with(|_, state| {
+                uncommitted
+                    .iter()
+                    .flat_map(|(owner, committed)| {
+                        state
+                            .held_by(owner)
+                            .into_iter()
+                            .filter(|held| !committed.contains(&(held.pool.clone(), held.address)))
+                            .map(|held| Change::Release {
+                                pool: held.pool,
+                                address: held.address,
+                                holder: held.holder,
+                            })
+                    })
+                    .collect()
+            })
+            .await;
     }
 
     /// Reads the pod of a request: its UID, labels, annotations, node and owner.

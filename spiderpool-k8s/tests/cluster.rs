@@ -313,3 +313,83 @@ async fn an_api_server_that_is_down_is_a_transient_error() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
+    let Some(config) = kubeconfig("a_dual_stack_allocation_that_gives_up_leaves_nothing_behind") else {
+        return;
+    };
+    install_crds(&config);
+    let namespace = unique("giveup");
+    let node = unique("giveup-node");
+    // Pools are written in name order: the IPv4 pool first, then the IPv6 pool.
+    let (v4, v6) = (unique("giveup-a4"), unique("giveup-b6"));
+    let annotation = format!(r#"{{"ipv4": ["{v4}"], "ipv6": ["{v6}"]}}"#);
+    let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
+    objects += &pool_yaml(&v4, "10.61.0.0/16", "10.61.0.10-10.61.0.19", &node);
+    objects += "---\n";
+    objects += &pool_yaml(&v6, "fd00:61::/64", "fd00:61::10-fd00:61::19", &node);
+    objects += "---\n";
+    objects += &pod_yaml(&namespace, "web", &node, &[(POD_IPPOOL, &annotation)], &[]);
+    kubectl(&config, &["apply", "-f", "-"], &objects);
+    let client = client(&config).await;
+
+    // Another writer keeps changing the IPv6 pool: every write of it conflicts.
+    let churn = {
+        let pools: Api<SpiderIPPool> = Api::all(client.clone());
+        let v6 = v6.clone();
+        tokio::spawn(async move {
+            for round in 0u64.. {
+                let patch = serde_json::json!({"metadata": {"labels": {"churn": round.to_string()}}});
+                let _ = pools
+                    .patch(
+                        &v6,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
+                    .await;
+            }
+        })
+    };
+    let budget = spiderpool_k8s::RetryBudget {
+        attempts: 3,
+        first_backoff: std::time::Duration::from_millis(1),
+        max_backoff: std::time::Duration::from_millis(2),
+        deadline: std::time::Duration::from_secs(10),
+    };
+    let store = ClusterStore::new(client.clone()).with_budget(budget);
+    let mut gave_up = false;
+    for _ in 0..20 {
+        match store.allocate(request(&namespace, "web", "c-web")).await {
+            Err(ClusterError::Contended { pools, .. }) => {
+                assert_eq!(pools, [v6.clone()]);
+                gave_up = true;
+                break;
+            }
+            // An attempt slipped between two churning writes: undo and try again.
+            Ok(_) => {
+                let mut del = request(&namespace, "web", "c-web");
+                del.pod.uid = Some(endpoint_uid(&store, &namespace, "web").await);
+                ClusterStore::new(client.clone())
+                    .release(&del)
+                    .await
+                    .expect("DEL");
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    churn.abort();
+    assert!(gave_up, "the churning writer never made the allocation give up");
+    let (_, state) = ClusterStore::new(client.clone())
+        .state()
+        .await
+        .expect("the state");
+    assert_eq!(
+        state.allocated_count(&v4),
+        0,
+        "the IPv4 address written before the IPv6 pool conflicted was released: {:?}",
+        state.allocations(&v4)
+    );
+    assert_eq!(state.allocated_count(&v6), 0);
+    kubectl(&config, &["delete", "spiderippool", &v4, &v6], "");
+}
