@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Call, PLUGIN, TempDir};
-use k8s::{apply_seed, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
+use k8s::{apply_seed, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
 use serde_json::{Value, json};
 
 const SEED_TABLE: &str =
@@ -163,11 +163,12 @@ fn the_plugin_talks_to_the_api_directly_with_a_kubeconfig() {
         return;
     };
     install_crds(&config);
+    forget_earlier_pools(&config, "direct");
     let (namespace, node, pool) = (unique("direct"), unique("direct-node"), unique("direct-pool"));
     let objects = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\n{}---\n\
-         apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {pool}\n\
-         spec:\n  subnet: 10.90.0.0/16\n  ips:\n  - 10.90.0.10-10.90.0.12\n  gateway: 10.90.0.1\n  nodeName:\n  - {node}\n---\n{}",
+         apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {pool}\n  \
+         labels:\n    spiderpool-test: direct\nspec:\n  subnet: 10.90.0.0/16\n  ips:\n  - 10.90.0.10-10.90.0.12\n  gateway: 10.90.0.1\n  nodeName:\n  - {node}\n---\n{}",
         node_yaml(&node, &[]),
         pod_yaml(
             &namespace,

@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use common::{apply_seed, client, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
+use common::{
+    apply_seed, client, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique,
+};
 use kube::Api;
 use spiderpool_core::annotations::POD_IPPOOL;
 use spiderpool_core::{AllocationState, OwnerKey, Request};
@@ -26,10 +28,11 @@ fn namespace_yaml(name: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
 }
 
-fn pool_yaml(name: &str, subnet: &str, ips: &str, node: &str) -> String {
+/// A pool of `test` (labelled for [`forget_earlier_pools`]) serving `node`.
+fn pool_yaml(test: &str, name: &str, subnet: &str, ips: &str, node: &str) -> String {
     format!(
-        "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {name}\n\
-         spec:\n  subnet: {subnet}\n  ips:\n  - {ips}\n  nodeName:\n  - {node}\n"
+        "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {name}\n  \
+         labels:\n    spiderpool-test: {test}\nspec:\n  subnet: {subnet}\n  ips:\n  - {ips}\n  nodeName:\n  - {node}\n"
     )
 }
 
@@ -124,11 +127,12 @@ async fn fifty_concurrent_allocators_on_one_pool_converge_without_duplicates() {
         return;
     };
     install_crds(&config);
+    forget_earlier_pools(&config, "storm");
     let namespace = unique("storm");
     let node = unique("storm-node");
     let pool = unique("storm-pool");
     let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
-    objects += &pool_yaml(&pool, "10.50.0.0/16", "10.50.1.1-10.50.1.100", &node);
+    objects += &pool_yaml("storm", &pool, "10.50.0.0/16", "10.50.1.1-10.50.1.100", &node);
     let annotation = format!(r#"{{"ipv4": ["{pool}"]}}"#);
     for index in 0..50 {
         objects += "---\n";
@@ -193,14 +197,15 @@ async fn dual_stack_across_two_pools_is_all_or_nothing_and_recovers_a_half_write
         return;
     };
     install_crds(&config);
+    forget_earlier_pools(&config, "dual");
     let namespace = unique("dual");
     let node = unique("dual-node");
     let (v4, v6) = (unique("dual-v4"), unique("dual-v6"));
     let annotation = format!(r#"{{"ipv4": ["{v4}"], "ipv6": ["{v6}"]}}"#);
     let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
-    objects += &pool_yaml(&v4, "10.60.0.0/16", "10.60.0.10-10.60.0.19", &node);
+    objects += &pool_yaml("dual", &v4, "10.60.0.0/16", "10.60.0.10-10.60.0.19", &node);
     objects += "---\n";
-    objects += &pool_yaml(&v6, "fd00:60::/64", "fd00:60::10", &node);
+    objects += &pool_yaml("dual", &v6, "fd00:60::/64", "fd00:60::10", &node);
     for pod in ["first", "second"] {
         objects += "---\n";
         objects += &pod_yaml(&namespace, pod, &node, &[(POD_IPPOOL, &annotation)], &[]);
@@ -320,15 +325,16 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
         return;
     };
     install_crds(&config);
+    forget_earlier_pools(&config, "giveup");
     let namespace = unique("giveup");
     let node = unique("giveup-node");
     // Pools are written in name order: the IPv4 pool first, then the IPv6 pool.
     let (v4, v6) = (unique("giveup-a4"), unique("giveup-b6"));
     let annotation = format!(r#"{{"ipv4": ["{v4}"], "ipv6": ["{v6}"]}}"#);
     let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
-    objects += &pool_yaml(&v4, "10.61.0.0/16", "10.61.0.10-10.61.0.19", &node);
+    objects += &pool_yaml("giveup", &v4, "10.61.0.0/16", "10.61.0.10-10.61.0.19", &node);
     objects += "---\n";
-    objects += &pool_yaml(&v6, "fd00:61::/64", "fd00:61::10-fd00:61::19", &node);
+    objects += &pool_yaml("giveup", &v6, "fd00:61::/64", "fd00:61::10-fd00:61::19", &node);
     objects += "---\n";
     objects += &pod_yaml(&namespace, "web", &node, &[(POD_IPPOOL, &annotation)], &[]);
     kubectl(&config, &["apply", "-f", "-"], &objects);
@@ -362,7 +368,7 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
     for _ in 0..20 {
         match store.allocate(request(&namespace, "web", "c-web")).await {
             Err(ClusterError::Contended { pools, .. }) => {
-                assert_eq!(pools, [v6.clone()]);
+                assert_eq!(pools, std::slice::from_ref(&v6));
                 gave_up = true;
                 break;
             }

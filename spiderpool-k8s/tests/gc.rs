@@ -8,7 +8,7 @@ mod common;
 use std::net::IpAddr;
 use std::path::Path;
 
-use common::{client, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
+use common::{client, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use spiderpool_core::annotations::POD_IPPOOL;
@@ -45,13 +45,7 @@ impl Fixture {
             "orphan" => 5,
             _ => 6,
         };
-        // The pools of earlier runs on the same server hold the same addresses.
-        let label = format!("spiderpool-test=gc-{tag}");
-        kubectl(
-            config,
-            &["delete", "spiderippool", "-l", &label, "--ignore-not-found"],
-            "",
-        );
+        forget_earlier_pools(config, &format!("gc-{tag}"));
         let objects = format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\n{}---\n\
              apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {pool}\n  \

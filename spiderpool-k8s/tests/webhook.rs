@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, install_crds, kubeconfig, try_kubectl, unique};
+use common::{client, forget_earlier_pools, install_crds, kubeconfig, try_kubectl, unique};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::Api;
@@ -16,7 +16,7 @@ use spiderpool_k8s::SpiderIPPool;
 fn pool_yaml(name: &str, label: &str, ips: &str, gateway: &str) -> String {
     format!(
         "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {name}\n  labels:\n    \
-         spiderpool-webhook-test: {label}\nspec:\n  subnet: 10.120.0.0/16\n  ips:\n  - {ips}\n  gateway: {gateway}\n"
+         spiderpool-webhook-test: {label}\n    spiderpool-test: webhook\nspec:\n  subnet: 10.120.0.0/16\n  ips:\n  - {ips}\n  gateway: {gateway}\n"
     )
 }
 
@@ -37,6 +37,19 @@ async fn the_webhook_refuses_what_the_engine_would_refuse() {
     }
     install_crds(&config);
     let client = client(&config).await;
+    let registrations: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    // An earlier run that failed left its registration, pointing at a server that is gone.
+    for earlier in registrations
+        .list(&Default::default())
+        .await
+        .expect("webhook configurations")
+    {
+        let name = earlier.metadata.name.unwrap_or_default();
+        if name.starts_with("wh-") {
+            let _ = registrations.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+    forget_earlier_pools(&config, "webhook");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
@@ -69,7 +82,6 @@ async fn the_webhook_refuses_what_the_engine_would_refuse() {
     registration.webhooks.as_mut().expect("webhooks")[0]
         .client_config
         .ca_bundle = Some(ByteString(std::fs::read(pki.join("ca.crt")).expect("the CA")));
-    let registrations: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     registrations
         .create(&PostParams::default(), &registration)
         .await

@@ -209,3 +209,14 @@ pub fn apply_seed(kubeconfig: &Path) {
         .collect();
     kubectl(kubeconfig, &["apply", "-f", "-"], &objects.join("---\n"));
 }
+
+/// Deletes the pools an earlier run of `test` left on a reused server: they carry the label
+/// `spiderpool-test: <test>`, and their addresses would overlap this run's.
+pub fn forget_earlier_pools(kubeconfig: &Path, test: &str) {
+    let label = format!("spiderpool-test={test}");
+    kubectl(
+        kubeconfig,
+        &["delete", "spiderippool", "-l", &label, "--ignore-not-found"],
+        "",
+    );
+}
