@@ -399,3 +399,69 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
     assert_eq!(state.allocated_count(&v6), 0);
     kubectl(&config, &["delete", "spiderippool", &v4, &v6], "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_pool_stops_the_add_and_a_deleted_pool_still_lets_pods_go() {
+    let Some(config) = kubeconfig("an_invalid_pool_stops_the_add_and_a_deleted_pool_still_lets_pods_go")
+    else {
+        return;
+    };
+    install_crds(&config);
+    forget_earlier_pools(&config, "bad");
+    let namespace = unique("bad");
+    let node = unique("bad-node");
+    let (bad, good) = (unique("bad-a"), unique("bad-b"));
+    let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
+    // Stored without the webhook: the gateway is outside the subnet.
+    objects += &pool_yaml("bad", &bad, "10.62.0.0/16", "10.62.0.10-10.62.0.19", &node)
+        .replace("spec:\n", "spec:\n  gateway: 10.99.0.1\n");
+    objects += "---\n";
+    objects += &pool_yaml("bad", &good, "10.63.0.0/16", "10.63.0.10-10.63.0.19", &node);
+    for (pod, pools) in [
+        ("first", format!("[\"{bad}\", \"{good}\"]")),
+        ("second", format!("[\"{good}\"]")),
+    ] {
+        objects += "---\n";
+        objects += &pod_yaml(
+            &namespace,
+            pod,
+            &node,
+            &[(POD_IPPOOL, &format!(r#"{{"ipv4": {pools}}}"#))],
+            &[],
+        );
+    }
+    kubectl(&config, &["apply", "-f", "-"], &objects);
+    let store = ClusterStore::new(client(&config).await);
+
+    // The invalid candidate stops the ADD, naming the pool and the violation: no fallback past
+    // it to another pool.
+    let refused = store
+        .allocate(request(&namespace, "first", "c1"))
+        .await
+        .expect_err("an invalid candidate stops the ADD");
+    let text = refused.to_string();
+    assert!(matches!(refused, ClusterError::Refused(_)), "{text}");
+    assert!(
+        text.contains(&bad) && text.contains("spec.gateway: 10.99.0.1 is outside subnet 10.62.0.0/16"),
+        "{text}"
+    );
+
+    // A pool deleted while a pod holds one of its addresses: the pod's DEL still succeeds and
+    // its endpoint goes; a new ADD naming the pool is refused as not found.
+    let held = store
+        .allocate(request(&namespace, "second", "c2"))
+        .await
+        .expect("ADD");
+    assert_eq!(address_of(&held).to_string(), "10.63.0.10");
+    kubectl(&config, &["delete", "spiderippool", &good], "");
+    let mut del = request(&namespace, "second", "c2");
+    del.pod.uid = Some(endpoint_uid(&store, &namespace, "second").await);
+    store.release(&del).await.expect("DEL with the pool gone");
+    let endpoints: Api<SpiderEndpoint> = Api::namespaced(store.client().clone(), &namespace);
+    assert!(endpoints.get_opt("second").await.expect("reading").is_none());
+    let missing = store
+        .allocate(request(&namespace, "second", "c3"))
+        .await
+        .expect_err("the pool is gone");
+    assert!(missing.to_string().contains(&format!("{good}: no such pool")), "{missing}");
+}
