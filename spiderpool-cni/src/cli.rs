@@ -116,6 +116,23 @@ pub struct ControllerArgs {
     /// Where the webhook listens.
     #[arg(long, default_value = "0.0.0.0:9443")]
     pub webhook_listen: std::net::SocketAddr,
+    /// Serve the validating webhook with a CA and certificate made at start, and register it
+    /// (ValidatingWebhookConfiguration --webhook-configuration) behind the Service
+    /// --webhook-service in --webhook-namespace, or at --webhook-url.
+    #[arg(long, conflicts_with_all = ["webhook_cert", "webhook_key"])]
+    pub webhook_self_signed: bool,
+    /// The Service in front of the controller's webhook port (port 443).
+    #[arg(long, default_value = "spiderpool-controller")]
+    pub webhook_service: String,
+    /// The Service's namespace; default env POD_NAMESPACE, then `spiderpool`.
+    #[arg(long)]
+    pub webhook_namespace: Option<String>,
+    /// Register this URL instead of the Service (a controller outside the cluster).
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// The name of the ValidatingWebhookConfiguration to create or update.
+    #[arg(long, default_value = "spiderpool")]
+    pub webhook_configuration: String,
 }
 
 /// `spiderpool ippool ...`.

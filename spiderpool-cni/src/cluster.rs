@@ -71,6 +71,8 @@ pub fn run_controller(args: &crate::cli::ControllerArgs) -> Result<(), String> {
                 spiderpool_k8s::webhook::serve(args.webhook_listen, cert, key, webhook_client)
                     .await
                     .map_err(|err| format!("the admission webhook: {err}"))
+            } else if args.webhook_self_signed {
+                serve_self_signed_webhook(args, webhook_client).await
             } else {
                 Ok(())
             }
@@ -79,6 +81,54 @@ pub fn run_controller(args: &crate::cli::ControllerArgs) -> Result<(), String> {
         let ((), (), webhook) = tokio::join!(collector, multus, webhook);
         webhook
     })
+}
+
+/// Makes the webhook's certificate, registers the webhook, and serves it.
+async fn serve_self_signed_webhook(
+    args: &crate::cli::ControllerArgs,
+    client: kube::Client,
+) -> Result<(), String> {
+    use spiderpool_k8s::webhook::{WebhookTarget, register, self_signed, serve_with};
+    let target = match &args.webhook_url {
+        Some(url) => WebhookTarget::Url(url.clone()),
+        None => WebhookTarget::Service {
+            namespace: args
+                .webhook_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()))
+                .unwrap_or_else(|| "spiderpool".into()),
+            name: args.webhook_service.clone(),
+        },
+    };
+    let made = self_signed(&target.certificate_names()).map_err(|err| err.to_string())?;
+    let listener = tokio::net::TcpListener::bind(args.webhook_listen)
+        .await
+        .map_err(|err| {
+            format!(
+                "the admission webhook: listening on {}: {err}",
+                args.webhook_listen
+            )
+        })?;
+    // The API server may still be starting with the controller: keep trying, while serving.
+    let registration = {
+        let client = client.clone();
+        let name = args.webhook_configuration.clone();
+        let ca = made.ca_pem.clone();
+        async move {
+            let mut pause = std::time::Duration::from_secs(1);
+            while let Err(error) = register(&client, &name, &target, &ca, None).await {
+                eprintln!(
+                    "spiderpool controller: registering the webhook {name}: {error}; retrying in {pause:?}"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(60));
+            }
+            eprintln!("spiderpool controller: webhook {name} registered");
+        }
+    };
+    let serving = serve_with(listener, vec![made.cert], made.key, client);
+    let ((), served) = tokio::join!(registration, serving);
+    served.map_err(|err| format!("the admission webhook: {err}"))
 }
 
 /// `spiderpool agent`: serves `socket` until killed.

@@ -11,7 +11,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use kube::api::ListParams;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::{Api, Client};
@@ -96,7 +97,8 @@ pub async fn serve(address: SocketAddr, cert: &Path, key: &Path, client: Client)
     serve_on(listener, cert, key, client).await
 }
 
-/// Serves the webhook on a listener already bound (tests bind port 0).
+/// Serves the webhook on a listener already bound (tests bind port 0), with the PEM files
+/// `cert` (chain) and `key`.
 pub async fn serve_on(
     listener: TcpListener,
     cert: &Path,
@@ -112,13 +114,27 @@ pub async fn serve_on(
         .collect::<Result<_, _>>()
         .map_err(|err| bad(cert, err.to_string()))?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|err| bad(key, err.to_string()))?;
+    serve_with(listener, chain, key_der, client).await
+}
+
+/// Serves the webhook on `listener` with a certificate chain and its key.
+pub async fn serve_with(
+    listener: TcpListener,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client: Client,
+) -> Result<(), WebhookError> {
+    let unusable = |problem: String| WebhookError::Certificate {
+        path: "the serving certificate".into(),
+        problem,
+    };
     let config =
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|err| bad(cert, err.to_string()))?
+            .map_err(|err| unusable(err.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(chain, key_der)
-            .map_err(|err| bad(cert, err.to_string()))?;
+            .with_single_cert(chain, key)
+            .map_err(|err| unusable(err.to_string()))?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -136,6 +152,137 @@ pub async fn serve_on(
                 .await;
         });
     }
+}
+
+/// A certificate authority made at start, and a serving certificate it signed: what the
+/// controller serves the webhook with when the cluster has no certificate for it.
+pub struct SelfSigned {
+    /// The CA certificate, PEM: the registration's `caBundle`.
+    pub ca_pem: String,
+    /// The serving certificate, DER.
+    pub cert: CertificateDer<'static>,
+    /// Its private key, DER.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Makes a CA and a serving certificate for `names` (DNS names, or IP addresses).
+pub fn self_signed(names: &[String]) -> Result<SelfSigned, WebhookError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let failed = |err: rcgen::Error| WebhookError::Certificate {
+        path: "a self-signed certificate".into(),
+        problem: err.to_string(),
+    };
+    let ca_key = KeyPair::generate().map_err(failed)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "spiderpool webhook CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(failed)?;
+    let key = KeyPair::generate().map_err(failed)?;
+    let mut serving = CertificateParams::new(names.to_vec()).map_err(failed)?;
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = serving
+        .signed_by(&key, &Issuer::new(ca, ca_key))
+        .map_err(failed)?;
+    Ok(SelfSigned {
+        ca_pem: ca_cert.pem(),
+        cert: cert.der().clone(),
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    })
+}
+
+/// Where the API server reaches the webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookTarget {
+    /// The controller's Service (port 443, path [`PATH`]).
+    Service {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A URL (a controller outside the cluster, or a test).
+    Url(String),
+}
+
+impl WebhookTarget {
+    /// The names the serving certificate must carry.
+    pub fn certificate_names(&self) -> Vec<String> {
+        match self {
+            WebhookTarget::Service { namespace, name } => vec![
+                format!("{name}.{namespace}.svc"),
+                format!("{name}.{namespace}.svc.cluster.local"),
+            ],
+            WebhookTarget::Url(url) => {
+                let host = url
+                    .trim_start_matches("https://")
+                    .split(['/', ':'])
+                    .next()
+                    .unwrap_or_default();
+                vec![host.to_owned()]
+            }
+        }
+    }
+}
+
+/// Creates or updates the `ValidatingWebhookConfiguration` `name` (server-side apply): pools
+/// (create, update, delete) and reserved IPs (create, update) go to `target`, trusted through
+/// `ca_pem`; a failing webhook fails the request. `object_selector` (JSON) limits it to some
+/// objects, as tests do.
+pub async fn register(
+    client: &Client,
+    name: &str,
+    target: &WebhookTarget,
+    ca_pem: &str,
+    object_selector: Option<serde_json::Value>,
+) -> Result<(), kube::Error> {
+    let client_config = match target {
+        WebhookTarget::Service { namespace, name } => serde_json::json!({
+            "service": {"namespace": namespace, "name": name, "path": PATH, "port": 443}
+        }),
+        WebhookTarget::Url(url) => serde_json::json!({"url": url}),
+    };
+    let mut webhook = serde_json::json!({
+        "name": "spiderippools.spiderpool.spidernet.io",
+        "clientConfig": client_config,
+        "rules": [
+            {"apiGroups": ["spiderpool.spidernet.io"], "apiVersions": ["v2beta1"],
+             "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["spiderippools"]},
+            {"apiGroups": ["spiderpool.spidernet.io"], "apiVersions": ["v2beta1"],
+             "operations": ["CREATE", "UPDATE"], "resources": ["spiderreservedips"]}
+        ],
+        "failurePolicy": "Fail",
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 10
+    });
+    if let Some(selector) = object_selector {
+        webhook["objectSelector"] = selector;
+    }
+    let configuration = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [webhook]
+    });
+    let mut configuration: ValidatingWebhookConfiguration =
+        serde_json::from_value(configuration).expect("a valid webhook configuration");
+    for webhook in configuration.webhooks.iter_mut().flatten() {
+        webhook.client_config.ca_bundle = Some(k8s_openapi::ByteString(ca_pem.as_bytes().to_vec()));
+    }
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    api.patch(
+        name,
+        &PatchParams::apply("spiderpool-controller").force(),
+        &Patch::Apply(&configuration),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Answers one HTTP request.
