@@ -1,8 +1,10 @@
 //! The deployment: the plain manifests of `deploy/` and the Helm chart of `charts/spiderpool`,
 //! checked against a real API server (`kubectl apply --dry-run=server --validate=strict`), against
 //! each other (the chart renders the objects of `deploy/`, its CRDs and admission policy are
-//! `deploy/`'s byte for byte), and for least privilege (no wildcard; what the service accounts
-//! can and cannot do, asked of the server's RBAC authorizer).
+//! `deploy/`'s byte for byte), for the wiring of the controller's admission webhook (its
+//! Service, flags, port and the one webhook configuration its RBAC lets it write), and for least
+//! privilege (no wildcard; what the service accounts can and cannot do, asked of the server's
+//! RBAC authorizer).
 //!
 //! The chart's tests need Helm 3 (`HELM`, set by `scripts/test.sh` from
 //! `scripts/install-helm.sh`) and skip, saying so, without it; the server's tests skip without
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{install_crds, kubeconfig, kubectl, repo, unique};
+use common::{install_crds, kubeconfig, kubectl, repo, try_kubectl, unique};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -61,7 +63,12 @@ fn run_helm(helm: &Path, args: &[&str]) -> String {
 
 /// `helm template spiderpool charts/spiderpool --namespace NS extra...`.
 fn render_chart(helm: &Path, namespace: &str, extra: &[&str]) -> Vec<Value> {
-    let mut args = vec!["template", "spiderpool", CHART, "--namespace", namespace];
+    render_release(helm, "spiderpool", namespace, extra)
+}
+
+/// `helm template RELEASE charts/spiderpool --namespace NS extra...`.
+fn render_release(helm: &Path, release: &str, namespace: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", release, CHART, "--namespace", namespace];
     args.extend_from_slice(extra);
     documents(&run_helm(helm, &args), "helm template")
 }
@@ -207,6 +214,11 @@ fn deploy_manifests_are_accepted_by_the_server() {
         manifests.iter().any(|file| file == MANIFEST),
         "{MANIFEST} is missing: {manifests:?}"
     );
+    assert_eq!(
+        assert_webhook_wiring(&objects(MANIFEST), MANIFEST),
+        "spiderpool",
+        "{MANIFEST}: the controller's own default --webhook-configuration"
+    );
     let mut all = Vec::new();
     for file in &manifests {
         let mut objects = objects(file);
@@ -240,20 +252,29 @@ fn chart_renders_objects_the_server_accepts() {
         "ClusterRoleBinding",
         "DaemonSet",
         "Deployment",
+        "Service",
     ] {
         assert!(
             kinds.contains(&expected),
             "no {expected} in the chart's objects: {kinds:?}"
         );
     }
+    assert_webhook_wiring(&defaults, "helm template (default values)");
     apply_dry_run(&kubeconfig, &defaults, "helm template (default values)");
+    // Another release: every name the webhook's wiring uses follows it.
+    let renamed = render_release(&helm, "ipam", &ns, &[]);
+    assert_eq!(
+        assert_webhook_wiring(&renamed, "helm template ipam"),
+        "ipam-spiderpool"
+    );
+    apply_dry_run(&kubeconfig, &renamed, "helm template ipam");
 
     // Other values: every template branch, and the socket path followed everywhere.
     let socket = "/var/run/spiderpool-test/agent.sock";
     let set = format!(
         "agentSocket={socket},cniBinDir=/usr/libexec/cni,image.repository=registry.example/spiderpool,\
          image.tag=dev,image.pullPolicy=Always,agent.hostNetwork=false,agent.priorityClassName=,\
-         ipVersionDefaults.enabled=false,controller.gcIntervalSeconds=5"
+         ipVersionDefaults.enabled=false,webhook.enabled=false,controller.gcIntervalSeconds=5"
     );
     let affinity = r#"agent.affinity={"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":
         {"nodeSelectorTerms":[{"matchExpressions":[{"key":"spiderpool","operator":"NotIn","values":["off"]}]}]}}}"#;
@@ -299,11 +320,33 @@ fn chart_renders_objects_the_server_accepts() {
         .iter()
         .find(|o| kind(o) == "Deployment")
         .expect("a Deployment");
-    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    let controller = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args = controller["args"].to_string();
     assert!(
         args.contains(&format!("\"--agent-socket\",\"{socket}\""))
             && args.contains("\"--gc-interval-seconds\",\"5\""),
         "{args}"
+    );
+    // webhook.enabled=false: no Service, no webhook flag, port or probe, no RBAC rule.
+    assert!(
+        others.iter().all(|o| kind(o) != "Service"),
+        "webhook.enabled=false still renders a Service"
+    );
+    assert!(
+        !args.contains("--webhook"),
+        "webhook.enabled=false still passes {args}"
+    );
+    for field in ["ports", "readinessProbe", "env"] {
+        assert_eq!(controller[field], Value::Null, "webhook.enabled=false: {field}");
+    }
+    let role = others
+        .iter()
+        .find(|o| kind(o) == "ClusterRole" && name(o) == "spiderpool-controller")
+        .expect("the controller's ClusterRole");
+    assert!(
+        !role["rules"].to_string().contains("admissionregistration"),
+        "webhook.enabled=false still grants {}",
+        role["rules"]
     );
     apply_dry_run(&kubeconfig, &others, "helm template (other values)");
 }
@@ -352,12 +395,21 @@ fn chart_copies_are_identical_to_deploy() {
     }
 }
 
-/// Labels are the chart's own (it adds Helm's); everything else must be the same.
+/// Labels are the chart's own (it adds Helm's, and selects its pods with its release's); everything
+/// else must be the same. [`assert_webhook_wiring`] checks that the Service selects the controller.
 fn without_labels(value: &mut Value) {
     match value {
         Value::Object(map) => {
             map.remove("labels");
             map.remove("matchLabels");
+            // A Service's selector: a map of labels (a workload's holds matchLabels instead).
+            if map
+                .get("selector")
+                .and_then(Value::as_object)
+                .is_some_and(|selector| selector.values().all(Value::is_string))
+            {
+                map.remove("selector");
+            }
             map.values_mut().for_each(without_labels);
         }
         Value::Array(items) => items.iter_mut().for_each(without_labels),
@@ -401,6 +453,135 @@ fn chart_renders_the_objects_of_deploy() {
             "{key:?}: the chart's (right) differs from deploy/'s (left)"
         );
     }
+}
+
+/// The argument following `flag` in `args`.
+fn flag_value<'a>(args: &'a [Value], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|arg| arg == flag)?;
+    args.get(at + 1).and_then(Value::as_str)
+}
+
+/// The controller's admission webhook is wired up: the Deployment's controller serves it
+/// (`--webhook-self-signed`, port `webhook` = 9443, the namespace from the downward API) behind
+/// the Service `--webhook-service` names (in its namespace, selecting its pods and no agent, 443
+/// to that port), and its ClusterRole may write the webhook configuration
+/// `--webhook-configuration` names, and only that one. Returns that name.
+fn assert_webhook_wiring(objects: &[Value], origin: &str) -> String {
+    let find = |wanted: &str| -> &Value {
+        let mut found = objects.iter().filter(|o| kind(o) == wanted);
+        let object = found.next().unwrap_or_else(|| panic!("{origin}: no {wanted}"));
+        assert!(found.next().is_none(), "{origin}: more than one {wanted}");
+        object
+    };
+    let deployment = find("Deployment");
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let args = container["args"].as_array().expect("the controller's args");
+    assert!(
+        args.iter().any(|arg| arg == "--webhook-self-signed"),
+        "{origin}: the controller is not given --webhook-self-signed: {args:?}"
+    );
+
+    let service = find("Service");
+    let service_name = flag_value(args, "--webhook-service").unwrap_or("spiderpool-controller");
+    assert_eq!(
+        name(service),
+        service_name,
+        "{origin}: the Service is not --webhook-service"
+    );
+    assert_eq!(
+        service["metadata"]["namespace"], deployment["metadata"]["namespace"],
+        "{origin}: the Service is not in the controller's namespace"
+    );
+    let selector = service["spec"]["selector"].as_object().expect("a selector");
+    assert!(!selector.is_empty(), "{origin}: the Service selects every pod");
+    let selects = |template: &Value| {
+        selector
+            .iter()
+            .all(|(label, value)| template["metadata"]["labels"][label] == *value)
+    };
+    assert!(
+        selects(pod),
+        "{origin}: the Service does not select the controller: {selector:?}"
+    );
+    assert!(
+        !selects(&find("DaemonSet")["spec"]["template"]),
+        "{origin}: the Service selects the agents too: {selector:?}"
+    );
+    let ports = service["spec"]["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 1, "{origin}: {ports:?}");
+    assert_eq!(
+        ports[0]["port"],
+        json!(443),
+        "{origin}: the webhook's clientConfig port"
+    );
+    let container_port = container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|port| port["name"] == "webhook")
+        .unwrap_or_else(|| panic!("{origin}: the controller has no port named webhook"));
+    assert_eq!(
+        container_port["containerPort"],
+        json!(9443),
+        "{origin}: --webhook-listen's default"
+    );
+    assert!(
+        flag_value(args, "--webhook-listen").is_none_or(|listen| listen.ends_with(":9443")),
+        "{origin}: {args:?}"
+    );
+    assert!(
+        [json!(9443), json!("webhook")].contains(&ports[0]["targetPort"]),
+        "{origin}: the Service's targetPort is not the webhook's: {}",
+        ports[0]["targetPort"]
+    );
+    assert_eq!(
+        container["readinessProbe"]["tcpSocket"]["port"],
+        json!("webhook"),
+        "{origin}: the controller is ready before the webhook listens"
+    );
+    let env = container["env"].as_array().expect("the controller's env");
+    assert!(
+        env.iter().any(|var| var["name"] == "POD_NAMESPACE"
+            && var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
+        "{origin}: no POD_NAMESPACE from the downward API (the default --webhook-namespace): {env:?}"
+    );
+
+    // The controller's ClusterRole, through its binding to the pods' service account.
+    let account = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("a service account");
+    let binding = objects
+        .iter()
+        .find(|o| {
+            kind(o) == "ClusterRoleBinding"
+                && o["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|subject| subject["kind"] == "ServiceAccount" && subject["name"] == account)
+        })
+        .unwrap_or_else(|| panic!("{origin}: {account} has no ClusterRoleBinding"));
+    let role = objects
+        .iter()
+        .find(|o| kind(o) == "ClusterRole" && name(o) == binding["roleRef"]["name"])
+        .unwrap_or_else(|| panic!("{origin}: no ClusterRole {}", binding["roleRef"]["name"]));
+    let configuration = flag_value(args, "--webhook-configuration").unwrap_or("spiderpool");
+    let webhook_rules: Vec<&Value> = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|rule| rule["apiGroups"] == json!(["admissionregistration.k8s.io"]))
+        .collect();
+    assert_eq!(
+        webhook_rules,
+        [&json!({"apiGroups": ["admissionregistration.k8s.io"],
+                    "resources": ["validatingwebhookconfigurations"],
+                    "resourceNames": [configuration],
+                    "verbs": ["get", "create", "patch", "update"]}),],
+        "{origin}: the controller's rules for webhook configurations"
+    );
+    configuration.to_owned()
 }
 
 /// No rule of a role grants `*` (a wildcard verb, resource, group or name), and every binding
@@ -469,24 +650,47 @@ fn rbac_has_no_wildcards() {
     }
 }
 
+/// The resources of [`can_i`] that are cluster-scoped: asked about without a namespace.
+const CLUSTER_SCOPED: [&str; 6] = [
+    "nodes",
+    "namespaces",
+    "spiderippools",
+    "spiderreservedips",
+    "validatingwebhookconfigurations",
+    "mutatingwebhookconfigurations",
+];
+
+/// `resource` (as [`can_i`] takes it) limited to the object `name`.
+fn named(resource: &str, name: &str) -> String {
+    format!("{resource} named {name}")
+}
+
 /// Whether `user` may `verb` `resource` (`RESOURCE[.GROUP][/SUBRESOURCE]`, as `kubectl auth
-/// can-i` takes it) in the namespace `default`, as the server's authorizer answers a
-/// SubjectAccessReview: what `kubectl auth can-i --as=USER` asks, without its guess of the group
-/// of a resource the server does not serve (Multus' CRD is not installed here).
+/// can-i` takes it, then ` named NAME` for one object, see [`named`]) in the namespace `default`
+/// (none for the cluster-scoped), as the server's authorizer answers a SubjectAccessReview: what
+/// `kubectl auth can-i --as=USER` asks, without its guess of the group of a resource the server
+/// does not serve (Multus' CRD is not installed here).
 fn can_i(kubeconfig: &Path, user: &str, verb: &str, resource: &str) -> bool {
+    let (resource, object) = resource.split_once(" named ").unwrap_or((resource, ""));
     let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
     let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
+    let namespace = if CLUSTER_SCOPED.contains(&resource) {
+        ""
+    } else {
+        "default"
+    };
     let review = json!({
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
         "spec": {
             "user": user,
             "resourceAttributes": {
-                "namespace": "default",
+                "namespace": namespace,
                 "verb": verb,
                 "group": group,
                 "resource": resource,
                 "subresource": subresource,
+                "name": object,
             },
         },
     });
@@ -553,6 +757,10 @@ fn service_accounts_can_do_what_they_need_and_no_more() {
     }
 
     const SP: &str = "spiderpool.spidernet.io";
+    const VWC: &str = "validatingwebhookconfigurations.admissionregistration.k8s.io";
+    const MWC: &str = "mutatingwebhookconfigurations.admissionregistration.k8s.io";
+    // The controller's own webhook configuration, the one `--webhook-configuration` names.
+    const OURS: &str = "spiderpool";
     let agent_can = [
         ("get", "pods".to_owned()),
         ("get", "namespaces".into()),
@@ -582,6 +790,9 @@ fn service_accounts_can_do_what_they_need_and_no_more() {
         ("list", format!("spiderendpoints.{SP}")),
         ("create", "network-attachment-definitions.k8s.cni.cncf.io".into()),
         ("update", "statefulsets.apps".into()),
+        ("create", VWC.into()),
+        ("get", named(VWC, OURS)),
+        ("patch", named(VWC, OURS)),
     ];
     let controller_can = [
         ("list", "pods".to_owned()),
@@ -604,6 +815,11 @@ fn service_accounts_can_do_what_they_need_and_no_more() {
         ("update", "network-attachment-definitions.k8s.cni.cncf.io".into()),
         ("create", "events.events.k8s.io".into()),
         ("patch", "events.events.k8s.io".into()),
+        // Its webhook's registration (server-side apply: patch, and create when it is new).
+        ("get", named(VWC, OURS)),
+        ("patch", named(VWC, OURS)),
+        ("update", named(VWC, OURS)),
+        ("create", named(VWC, OURS)),
     ];
     let controller_cannot = [
         ("delete", "pods".to_owned()),
@@ -621,6 +837,29 @@ fn service_accounts_can_do_what_they_need_and_no_more() {
         ("delete", "network-attachment-definitions.k8s.cni.cncf.io".into()),
         ("delete", "events.events.k8s.io".into()),
         ("create", "events".into()),
+        ("create", "services".into()),
+        ("update", "services".into()),
+        // No other webhook configuration, no deletion, no listing of them.
+        ("delete", named(VWC, OURS)),
+        ("create", VWC.into()),
+        ("create", named(VWC, "another-webhook")),
+        ("delete", VWC.into()),
+        ("deletecollection", VWC.into()),
+        ("list", VWC.into()),
+        ("watch", VWC.into()),
+        ("get", VWC.into()),
+        ("patch", VWC.into()),
+        ("update", VWC.into()),
+        ("get", named(VWC, "another-webhook")),
+        ("patch", named(VWC, "another-webhook")),
+        ("update", named(VWC, "another-webhook")),
+        ("get", named(MWC, OURS)),
+        ("create", MWC.into()),
+        ("create", named(MWC, OURS)),
+        ("patch", named(MWC, OURS)),
+        ("update", named(MWC, OURS)),
+        ("delete", named(MWC, OURS)),
+        ("list", MWC.into()),
     ];
     let mut wrong = Vec::new();
     for (user, grants, expected) in [
@@ -637,4 +876,49 @@ fn service_accounts_can_do_what_they_need_and_no_more() {
         }
     }
     assert!(wrong.is_empty(), "wrong grants:\n{}", wrong.join("\n"));
+
+    // What the controller really sends to register its webhook, a server-side apply, is allowed
+    // for its configuration (also when new: the server then checks create as well as patch)
+    // and forbidden for any other. A dry run: the server's other tests must not see it.
+    let exists = !kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "validatingwebhookconfiguration",
+            OURS,
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ],
+        "",
+    )
+    .trim()
+    .is_empty();
+    let register = |name: &str| {
+        let configuration = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [],
+        });
+        let args = [
+            "apply",
+            "--server-side",
+            "--field-manager=spiderpool-controller",
+            "--force-conflicts",
+            "--dry-run=server",
+            "--as",
+            controller.as_str(),
+            "-f",
+            "-",
+        ];
+        try_kubectl(&kubeconfig, &args, &configuration.to_string())
+    };
+    if let Err(refusal) = register(OURS) {
+        panic!("the controller cannot apply its webhook configuration ({OURS}, exists: {exists}): {refusal}");
+    }
+    match register("another-webhook") {
+        Err(refusal) if refusal.contains("forbidden") => {}
+        other => panic!("the controller may apply another webhook configuration: {other:?}"),
+    }
 }

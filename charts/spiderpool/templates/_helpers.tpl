@@ -11,6 +11,9 @@ else RELEASE-spiderpool; `spiderpool` for the release `spiderpool`. */}}
 {{- define "spiderpool.agent" -}}{{ include "spiderpool.fullname" . }}-agent{{- end -}}
 {{- define "spiderpool.controller" -}}{{ include "spiderpool.fullname" . }}-controller{{- end -}}
 
+{{/* The ValidatingWebhookConfiguration the controller registers (and alone may write). */}}
+{{- define "spiderpool.webhookConfiguration" -}}{{ include "spiderpool.fullname" . }}{{- end -}}
+
 {{- define "spiderpool.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
