@@ -463,5 +463,8 @@ async fn an_invalid_pool_stops_the_add_and_a_deleted_pool_still_lets_pods_go() {
         .allocate(request(&namespace, "second", "c3"))
         .await
         .expect_err("the pool is gone");
-    assert!(missing.to_string().contains(&format!("{good}: no such pool")), "{missing}");
+    assert!(
+        missing.to_string().contains(&format!("{good}: no such pool")),
+        "{missing}"
+    );
 }
