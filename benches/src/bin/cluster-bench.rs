@@ -50,6 +50,10 @@ struct Args {
     /// Which design to measure.
     #[arg(long, value_enum, default_value_t = Mode::Agent)]
     mode: Mode,
+    /// The `spiderpool` binary, for `--mode exec` (build it with
+    /// `cargo build --release -p spiderpool-cni`).
+    #[arg(long, default_value = "target/release/spiderpool")]
+    spiderpool: PathBuf,
 }
 
 /// The plugin's cluster designs.
@@ -59,6 +63,9 @@ enum Mode {
     Direct,
     /// One batching allocator per node.
     Agent,
+    /// As deployed: a `spiderpool agent` process per node, and a `spiderpool` plugin process
+    /// per ADD calling it over its socket, as a runtime does.
+    Exec,
 }
 
 fn main() -> ExitCode {
@@ -114,8 +121,43 @@ async fn run(args: &Args) -> Result<(), String> {
         })
         .collect();
     let counters_store = ClusterStore::new(client(&slow_file).await?);
+    let conflicts_before = server_conflicts(&direct).await;
+    // Exec mode: the agents, started before the clock.
+    let work = std::env::temp_dir().join(format!("spiderpool-{id}"));
+    let mut agents = Vec::new();
+    if args.mode == Mode::Exec {
+        std::fs::create_dir_all(&work).map_err(|err| err.to_string())?;
+        let kubeconfig = work.join("kubeconfig");
+        let text = serde_yaml_ng::to_string(&slow_file).map_err(|err| err.to_string())?;
+        std::fs::write(&kubeconfig, text).map_err(|err| err.to_string())?;
+        for node in 0..args.nodes {
+            let socket = work.join(format!("node-{node}.sock"));
+            let log = std::fs::File::create(work.join(format!("node-{node}.log")))
+                .map_err(|err| err.to_string())?;
+            let mut agent = tokio::process::Command::new(&args.spiderpool)
+                .args(["agent", "--socket"])
+                .arg(&socket)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|err| format!("{}: {err}", args.spiderpool.display()))?;
+            while !socket.exists() {
+                if let Ok(Some(status)) = agent.try_wait() {
+                    let log =
+                        std::fs::read_to_string(work.join(format!("node-{node}.log"))).unwrap_or_default();
+                    return Err(format!("the agent of node {node} exited ({status}): {log}"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            agents.push(agent);
+        }
+    }
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks: tokio::task::JoinSet<(Result<IpAddr, String>, Duration)> = tokio::task::JoinSet::new();
+    let first_address =
+        |allocation: spiderpool_k8s::Allocation| allocation.plan.interfaces[0].addresses[0].address;
     match args.mode {
         Mode::Agent => {
             let mut batchers = Vec::new();
@@ -128,7 +170,8 @@ async fn run(args: &Args) -> Result<(), String> {
                 let batcher = batchers[node].clone();
                 tasks.spawn(async move {
                     let began = Instant::now();
-                    (batcher.allocate(request).await, began.elapsed())
+                    let result = batcher.allocate(request).await.map(first_address);
+                    (result.map_err(|err| err.to_string()), began.elapsed())
                 });
             }
         }
@@ -143,7 +186,20 @@ async fn run(args: &Args) -> Result<(), String> {
                         Ok(client) => shared.with_client(client).allocate(request).await,
                         Err(error) => panic!("a client: {error}"),
                     };
-                    (result, began.elapsed())
+                    (
+                        result.map(first_address).map_err(|err| err.to_string()),
+                        began.elapsed(),
+                    )
+                });
+            }
+        }
+        Mode::Exec => {
+            for (node, request) in requests {
+                let binary = args.spiderpool.clone();
+                let socket = work.join(format!("node-{node}.sock"));
+                tasks.spawn(async move {
+                    let began = Instant::now();
+                    (plugin_add(&binary, &socket, &request).await, began.elapsed())
                 });
             }
         }
@@ -156,17 +212,22 @@ async fn run(args: &Args) -> Result<(), String> {
         let (result, latency) = done.map_err(|err| err.to_string())?;
         latencies.push(latency);
         match result {
-            Ok(allocation) => {
-                let address: IpAddr = allocation.plan.interfaces[0].addresses[0].address;
+            Ok(address) => {
                 if !addresses.insert(address) {
                     duplicates += 1;
                 }
             }
-            Err(error) => failures.push(error.to_string()),
+            Err(error) => failures.push(error),
         }
     }
     let total = started.elapsed();
-    let conflicts = counters_store.counters().conflicts.load(Ordering::Relaxed);
+    drop(agents);
+    let _ = std::fs::remove_dir_all(&work);
+    // Conflicts as the API server counts them (409s on pool statuses), whichever process met them.
+    let conflicts = match (conflicts_before, server_conflicts(&direct).await) {
+        (Some(before), Some(after)) => after - before,
+        _ => counters_store.counters().conflicts.load(Ordering::Relaxed),
+    };
     let writes = counters_store.counters().pool_writes.load(Ordering::Relaxed);
 
     // Duplicates as the API server records them, not only as answered.
@@ -194,7 +255,8 @@ async fn run(args: &Args) -> Result<(), String> {
         failures.len()
     );
     println!(
-        "conflicts: {conflicts} ({:.3} per allocation), pool writes: {writes}",
+        "conflicts: {conflicts} ({:.3} per allocation; 409s on pool statuses, from the API server's metrics), \
+         pool writes by this process: {writes}",
         conflicts as f64 / args.pods as f64
     );
     println!(
@@ -212,6 +274,67 @@ async fn run(args: &Args) -> Result<(), String> {
         return Err(format!("{duplicates} duplicate addresses"));
     }
     Ok(())
+}
+
+/// One ADD as a runtime makes it: a `spiderpool` process with the CNI environment and the
+/// network configuration on stdin, answered by the node's agent.
+async fn plugin_add(
+    binary: &std::path::Path,
+    socket: &std::path::Path,
+    request: &Request,
+) -> Result<IpAddr, String> {
+    use tokio::io::AsyncWriteExt as _;
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "bench", "type": "macvlan",
+        "ipam": {"type": "spiderpool", "agent_socket": socket}
+    });
+    let mut child = tokio::process::Command::new(binary)
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &request.container_id)
+        .env("CNI_NETNS", format!("/var/run/netns/{}", request.container_id))
+        .env("CNI_IFNAME", &request.interface)
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                request.pod.namespace, request.pod.name
+            ),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|err| err.to_string())?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(config.to_string().as_bytes())
+        .await
+        .map_err(|err| err.to_string())?;
+    drop(stdin);
+    let output = child.wait_with_output().await.map_err(|err| err.to_string())?;
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|err| err.to_string())?;
+    let address = answer["ips"][0]["address"]
+        .as_str()
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|text| text.parse().ok());
+    address.ok_or_else(|| answer.to_string())
+}
+
+/// The 409s the API server answered to pool status writes so far, from its metrics.
+async fn server_conflicts(client: &Client) -> Option<u64> {
+    let request = http::Request::get("/metrics").body(Vec::new()).ok()?;
+    let text = client.request_text(request).await.ok()?;
+    Some(
+        text.lines()
+            .filter(|line| {
+                line.starts_with("apiserver_request_total{")
+                    && line.contains(r#"code="409""#)
+                    && line.contains(r#"resource="spiderippools""#)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64,
+    )
 }
 
 /// A store sharing `shared`'s counters, with a client of its own.
@@ -314,11 +437,17 @@ async fn create_objects(client: &Client, id: &str, namespace: &str, args: &Args)
             .map_err(|err| fail("a node", err))?;
     }
     let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    // The pools of an interrupted earlier run hold the same addresses.
+    let earlier = ListParams::default().labels("spiderpool-test=cluster-bench");
+    pools
+        .delete_collection(&DeleteParams::default(), &earlier)
+        .await
+        .map_err(|err| fail("(deleting) earlier pools", err))?;
     for (zone, octet) in [("a", 100), ("b", 101)] {
         let last = args.pods + 10;
         let pool: SpiderIPPool = serde_json::from_value(serde_json::json!({
             "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
-            "metadata": {"name": format!("{id}-{zone}")},
+            "metadata": {"name": format!("{id}-{zone}"), "labels": {"spiderpool-test": "cluster-bench"}},
             "spec": {
                 "subnet": format!("10.{octet}.0.0/16"),
                 "ips": [format!("10.{octet}.0.1-10.{octet}.{}.{}", last / 256, last % 256)],
