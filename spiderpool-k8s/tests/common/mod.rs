@@ -220,3 +220,21 @@ pub fn forget_earlier_pools(kubeconfig: &Path, test: &str) {
         "",
     );
 }
+
+/// Waits until a validating webhook just registered is in effect: the API server takes a
+/// registration up a moment after it is stored. `invalid` is an object the webhook refuses;
+/// server-side dry runs of it are tried (nothing is stored meanwhile) until one is refused.
+/// Returns that refusal.
+pub fn wait_for_webhook(kubeconfig: &Path, invalid: &str) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        match try_kubectl(kubeconfig, &["create", "--dry-run=server", "-f", "-"], invalid) {
+            Err(refusal) if refusal.contains("denied the request") => return refusal,
+            outcome => assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the webhook was not in effect within 30 s: {outcome:?}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
