@@ -99,6 +99,15 @@ pub enum ClusterError {
         /// Time spent.
         elapsed: Duration,
     },
+    /// Other writers kept changing the pod's endpoint; the addresses stay uncommitted, and
+    /// the pod's next ADD releases and allocates them again.
+    #[error("the SpiderEndpoint of pod {pod} kept changing under {attempts} attempts; try again")]
+    EndpointContended {
+        /// `namespace/name` of the pod.
+        pod: String,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// The pod named by the request does not exist (yet, or any more).
     #[error(
         "pod {namespace}/{name} not found; the runtime called before the API server knows the pod, try again"
@@ -154,6 +163,7 @@ impl ClusterError {
             self,
             ClusterError::Api { .. }
                 | ClusterError::Contended { .. }
+                | ClusterError::EndpointContended { .. }
                 | ClusterError::PodNotFound { .. }
                 | ClusterError::PodReplaced { .. }
                 | ClusterError::Stopped
@@ -773,11 +783,9 @@ impl ClusterStore {
                 }
             }
         }
-        Err(ClusterError::Contended {
-            pools: Vec::new(),
+        Err(ClusterError::EndpointContended {
+            pod: format!("{}/{}", request.pod.namespace, request.pod.name),
             attempts: self.budget.attempts,
-            conflicts: self.budget.attempts,
-            elapsed: Duration::ZERO,
         })
     }
 
