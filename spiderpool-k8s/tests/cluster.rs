@@ -340,12 +340,19 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
     kubectl(&config, &["apply", "-f", "-"], &objects);
     let client = client(&config).await;
 
-    // Another writer keeps changing the IPv6 pool: every write of it conflicts.
+    // Another writer keeps changing the IPv6 pool: every write of it conflicts. It pauses while
+    // the test undoes an allocation that slipped through, which must write that pool too.
+    let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churn = {
         let pools: Api<SpiderIPPool> = Api::all(client.clone());
         let v6 = v6.clone();
+        let paused = paused.clone();
         tokio::spawn(async move {
             for round in 0u64.. {
+                if paused.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                }
                 let patch = serde_json::json!({"metadata": {"labels": {"churn": round.to_string()}}});
                 let _ = pools
                     .patch(
@@ -374,12 +381,14 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
             }
             // An attempt slipped between two churning writes: undo and try again.
             Ok(_) => {
+                paused.store(true, std::sync::atomic::Ordering::SeqCst);
                 let mut del = request(&namespace, "web", "c-web");
                 del.pod.uid = Some(endpoint_uid(&store, &namespace, "web").await);
                 ClusterStore::new(client.clone())
                     .release(&del)
                     .await
                     .expect("DEL");
+                paused.store(false, std::sync::atomic::Ordering::SeqCst);
             }
             Err(other) => panic!("{other}"),
         }
