@@ -31,9 +31,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/lib-go.sh"
 src="$here/helm"
 
-HELM_VERSION="$(awk '($1 == "helm.sh/helm/v3" && $2 ~ /^v[0-9]/) { print $2; exit }
-  ($1 == "require" && $2 == "helm.sh/helm/v3") { print $3; exit }' "$src/go.mod")"
-[ -n "$HELM_VERSION" ] || die "$src/go.mod does not require helm.sh/helm/v3"
+HELM_VERSION="$(go_mod_requires "$src/go.mod" helm.sh/helm/v3)"
 GO_MIN_VERSION="$(awk '$1 == "go" { print $2; exit }' "$src/go.mod")"
 # The Kubernetes version `helm template` and `helm lint` assume without a cluster: Helm's Makefile
 # takes it from the client-go it is built with (v0.X.Y is Kubernetes 1.X).

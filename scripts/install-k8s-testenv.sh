@@ -32,17 +32,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/lib-go.sh"
 src="$here/k8s-testenv"
 
-# The version that go.mod file $1 requires of module $2.
-required() {
-  local version
-  version="$(awk -v m="$2" '($1 == m && $2 ~ /^v[0-9]/) { print $2; exit }
-    ($1 == "require" && $2 == m) { print $3; exit }' "$1")"
-  [ -n "$version" ] || die "$1 does not require $2"
-  echo "$version"
-}
-
-K8S_VERSION="$(required "$src/apiserver/go.mod" k8s.io/kubernetes)"
-ETCD_VERSION="$(required "$src/etcd/go.mod" go.etcd.io/etcd/server/v3)"
+K8S_VERSION="$(go_mod_requires "$src/apiserver/go.mod" k8s.io/kubernetes)"
+ETCD_VERSION="$(go_mod_requires "$src/etcd/go.mod" go.etcd.io/etcd/server/v3)"
 GO_MIN_VERSION="$(awk '$1 == "go" { print $2; exit }' "$src/apiserver/go.mod")"
 [[ "$K8S_VERSION" =~ ^v([0-9]+)\.([0-9]+)\.[0-9]+$ ]] || die "unexpected Kubernetes version $K8S_VERSION"
 K8S_MAJOR="${BASH_REMATCH[1]}"

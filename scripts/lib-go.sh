@@ -7,6 +7,7 @@
 #   go_select MIN        sets GO_BIN (and GO_ROOT) to a Go of version >= MIN: the `go` on PATH
 #                        when it is new enough, else the pinned toolchain below, fetched once
 #                        from the Go module proxy into <cache root>/go<version>/
+#   go_mod_requires F M  the version go.mod file F requires of module M
 #   go_run DIR ARGS...   runs that Go hermetically (no user GOFLAGS/GOENV, GOTOOLCHAIN=local,
 #                        CGO off), with GOPATH/GOMODCACHE in DIR/gopath and GOCACHE in DIR/gocache
 #
@@ -146,4 +147,13 @@ go_run() {
     GOPATH="$dir/gopath" GOMODCACHE="$dir/gopath/pkg/mod" GOCACHE="$dir/gocache" \
     GOPROXY="$proxy" GOTOOLCHAIN=local GOENV=off GOWORK=off CGO_ENABLED=0 \
     GOFLAGS="-modcacherw -buildvcs=false" "$GO_BIN" "$@"
+}
+
+# The version that go.mod file $1 requires of module $2; fails (die) when it requires none.
+go_mod_requires() {
+  local version
+  version="$(awk -v m="$2" '($1 == m && $2 ~ /^v[0-9]/) { print $2; exit }
+    ($1 == "require" && $2 == m) { print $3; exit }' "$1")"
+  [ -n "$version" ] || die "$1 does not require $2"
+  echo "$version"
 }

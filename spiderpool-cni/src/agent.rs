@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -255,7 +255,5 @@ pub fn call(socket: &Path, call: &AgentCall, timeout: Duration) -> Result<Value,
     }
 }
 
-/// Where the agent listens by default.
-pub fn default_socket() -> PathBuf {
-    PathBuf::from("/run/spiderpool/agent.sock")
-}
+/// Where the agent listens, and where rendered networks point the plugin, by default.
+pub const DEFAULT_SOCKET: &str = "/run/spiderpool/agent.sock";

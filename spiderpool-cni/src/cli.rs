@@ -70,7 +70,7 @@ pub enum Command {
     /// on a unix socket, with one API client and allocations written in batches.
     Agent {
         /// Where to listen.
-        #[arg(long, default_value = "/run/spiderpool/agent.sock")]
+        #[arg(long, default_value = crate::agent::DEFAULT_SOCKET)]
         socket: PathBuf,
         /// The cluster's kubeconfig; default `KUBECONFIG`, then the in-cluster service account.
         #[arg(long)]
@@ -103,7 +103,7 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 120)]
     pub uncommitted_grace_seconds: i64,
     /// The node agents' socket, written into every rendered network (`ipam.agent_socket`).
-    #[arg(long, default_value = "/run/spiderpool/agent.sock")]
+    #[arg(long, default_value = crate::agent::DEFAULT_SOCKET)]
     pub agent_socket: PathBuf,
     /// Serve the validating admission webhook of pools and reserved IPs with this PEM
     /// certificate chain (with --webhook-key); register it with a ValidatingWebhookConfiguration

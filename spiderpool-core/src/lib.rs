@@ -93,7 +93,7 @@ pub use request::{Attachment, IpFamilies, NamespaceFacts, NetworkFacts, NodeFact
 pub use selector::{LabelSelector, LabelSelectorRequirement, Labels, SelectorError, SelectorOperator};
 pub use state::{AllocationState, Change, HeldAddress, Holder, OwnerKey, PodRef};
 pub use status::{
-    AllocatedIpsError, AllocationRecord, PoolRow, PoolUsage, StatusStateError, parse_allocated_ips,
-    pool_rows, pool_status, render_pool_table, render_table, state_from_statuses, usage,
+    AllocatedIpsError, AllocationRecord, PoolRow, PoolUsage, StatusStateError, held_status,
+    parse_allocated_ips, pool_rows, pool_status, render_pool_table, render_table, state_from_statuses, usage,
 };
 pub use subnet::{Subnet, SubnetError};

@@ -86,8 +86,20 @@ pub struct AllocationRecord {
 /// allocated, as Spiderpool writes it), `allocatedIPCount`, and `totalIPCount` capped at
 /// `i64::MAX`.
 pub fn pool_status(pool: &Pool, state: &(impl AllocationState + ?Sized)) -> IPPoolStatus {
+    let total = i64::try_from(pool.total_count()).unwrap_or(i64::MAX);
+    held_status(pool.name(), state, Some(total))
+}
+
+/// The status `state` records for the pool named `pool`, with `totalIPCount` as given: what
+/// [`pool_status`] writes, also for a pool the engine refuses that still holds addresses (its
+/// total is then the one last written).
+pub fn held_status(
+    pool: &str,
+    state: &(impl AllocationState + ?Sized),
+    total_ip_count: Option<i64>,
+) -> IPPoolStatus {
     let records: BTreeMap<String, AllocationRecord> = state
-        .allocations(pool.name())
+        .allocations(pool)
         .into_iter()
         .map(|(address, holder)| {
             let record = AllocationRecord {
@@ -102,13 +114,12 @@ pub fn pool_status(pool: &Pool, state: &(impl AllocationState + ?Sized)) -> IPPo
             (address.to_string(), record)
         })
         .collect();
-    let count = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
     IPPoolStatus {
-        allocated_ip_count: Some(count(records.len() as u128)),
+        allocated_ip_count: Some(i64::try_from(records.len()).unwrap_or(i64::MAX)),
         allocated_ips: (!records.is_empty())
             .then(|| serde_json::to_string(&records).expect("records serialize to JSON")),
-        total_ip_count: Some(count(pool.total_count())),
-        last_allocated_ip: state.cursor(pool.name()).map(|address| address.to_string()),
+        total_ip_count,
+        last_allocated_ip: state.cursor(pool).map(|address| address.to_string()),
     }
 }
 

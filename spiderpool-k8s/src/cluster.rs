@@ -25,7 +25,7 @@ use kube::{Api, Client, ResourceExt};
 use spiderpool_core::{
     AllocateError, AllocationState, Change, Document, HeldAddress, Holder, IPPoolStatus, InMemoryState,
     NamespaceFacts, ObjectMeta, OwnerKey, Plan, PoolCatalog, Request, Resource, StatusStateError, allocate,
-    pool_status, release_attachment, state_from_statuses,
+    held_status, pool_status, release_attachment, state_from_statuses,
 };
 
 use crate::crd::{EndpointInterface, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool, SpiderReservedIP};
@@ -150,7 +150,8 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
-    fn api(action: impl Into<String>, source: kube::Error) -> ClusterError {
+    /// An API failure while doing `action`.
+    pub(crate) fn api(action: impl Into<String>, source: kube::Error) -> ClusterError {
         ClusterError::Api {
             action: action.into(),
             source: Arc::new(source),
@@ -201,7 +202,6 @@ struct PodRecord {
 }
 
 /// One allocation of a batch, with what was read for it.
-#[derive(Clone)]
 struct Pending {
     request: Request,
     pod: PodRecord,
@@ -213,14 +213,16 @@ struct Pending {
 impl Pending {
     /// What the pod's endpoint commits, if it is this pod's.
     fn committed(&self) -> BTreeSet<(String, IpAddr)> {
-        self.endpoint
-            .iter()
-            .flatten()
-            .filter(|endpoint| endpoint.spec.uid == self.pod.uid)
-            .map(|endpoint| endpoint_addresses(&endpoint.spec))
-            .next()
-            .unwrap_or_default()
+        committed_to(self.endpoint.as_ref().and_then(Option::as_ref), &self.pod.uid)
     }
+}
+
+/// What `endpoint` commits for the pod with UID `uid`: nothing when it is another pod's.
+fn committed_to(endpoint: Option<&SpiderEndpoint>, uid: &str) -> BTreeSet<(String, IpAddr)> {
+    endpoint
+        .filter(|endpoint| endpoint.spec.uid == uid)
+        .map(|endpoint| endpoint_addresses(&endpoint.spec))
+        .unwrap_or_default()
 }
 
 /// Pools and reserved IPs as read, with the allocation state their statuses record.
@@ -421,12 +423,7 @@ impl ClusterStore {
             let Ok(endpoint) = self.read_endpoint(&prepared.request).await else {
                 return;
             };
-            let committed = Pending {
-                endpoint: Some(endpoint),
-                ..prepared.clone()
-            }
-            .committed();
-            uncommitted.push((owner, committed));
+            uncommitted.push((owner, committed_to(endpoint.as_ref(), &prepared.pod.uid)));
         }
         if uncommitted.is_empty() {
             return;
@@ -940,32 +937,7 @@ fn status_of(
 ) -> IPPoolStatus {
     match catalog.pool(name) {
         Some(pool) => pool_status(pool, state),
-        None => {
-            let allocations = state.allocations(name);
-            let records: BTreeMap<String, spiderpool_core::AllocationRecord> = allocations
-                .iter()
-                .map(|(address, holder)| (address.to_string(), record_of(holder)))
-                .collect();
-            IPPoolStatus {
-                allocated_ips: (!records.is_empty())
-                    .then(|| serde_json::to_string(&records).expect("records serialize to JSON")),
-                allocated_ip_count: Some(records.len() as i64),
-                total_ip_count: read.and_then(|status| status.total_ip_count),
-                last_allocated_ip: state.cursor(name).map(|address| address.to_string()),
-            }
-        }
-    }
-}
-
-fn record_of(holder: &Holder) -> spiderpool_core::AllocationRecord {
-    spiderpool_core::AllocationRecord {
-        pod: holder.pod().map(|pod| pod.to_string()).unwrap_or_default(),
-        pod_uid: match holder.owner() {
-            OwnerKey::Pod(uid) => uid,
-            OwnerKey::Container(_) => String::new(),
-        },
-        interface: holder.interface(),
-        container_id: holder.container_id(),
+        None => held_status(name, state, read.and_then(|status| status.total_ip_count)),
     }
 }
 

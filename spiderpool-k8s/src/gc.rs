@@ -93,7 +93,7 @@ impl Collector {
         let current = api
             .get_opt(&pod.name)
             .await
-            .map_err(|err| api_error(format!("reading SpiderEndpoint {pod}"), err))?;
+            .map_err(|err| ClusterError::api(format!("reading SpiderEndpoint {pod}"), err))?;
         let Some(current) = current.filter(|current| current.spec.uid == endpoint.uid) else {
             return Ok(false);
         };
@@ -107,7 +107,7 @@ impl Collector {
         match api.delete(&pod.name, &params).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => Ok(false),
-            Err(err) => Err(api_error(format!("deleting SpiderEndpoint {pod}"), err)),
+            Err(err) => Err(ClusterError::api(format!("deleting SpiderEndpoint {pod}"), err)),
         }
     }
 
@@ -127,10 +127,10 @@ impl Collector {
             endpoints.list(&everything),
             sets.list(&everything),
         );
-        let pods = pods.map_err(|err| api_error("listing pods", err))?;
-        let nodes = nodes.map_err(|err| api_error("listing nodes", err))?;
-        let endpoints = endpoints.map_err(|err| api_error("listing SpiderEndpoints", err))?;
-        let sets = sets.map_err(|err| api_error("listing StatefulSets", err))?;
+        let pods = pods.map_err(|err| ClusterError::api("listing pods", err))?;
+        let nodes = nodes.map_err(|err| ClusterError::api("listing nodes", err))?;
+        let endpoints = endpoints.map_err(|err| ClusterError::api("listing SpiderEndpoints", err))?;
+        let sets = sets.map_err(|err| ClusterError::api("listing StatefulSets", err))?;
         let key = |namespace: Option<String>, name: String| PodRef {
             namespace: namespace.unwrap_or_default(),
             name,
@@ -233,12 +233,5 @@ fn live_pod(pod: &Pod) -> LivePod {
             .and_then(|spec| spec.node_name.clone())
             .unwrap_or_default(),
         finished_at,
-    }
-}
-
-fn api_error(action: impl Into<String>, source: kube::Error) -> ClusterError {
-    ClusterError::Api {
-        action: action.into(),
-        source: std::sync::Arc::new(source),
     }
 }

@@ -163,7 +163,7 @@ async fn run(args: &Args) -> Result<(), String> {
             let mut batchers = Vec::new();
             for _ in 0..args.nodes {
                 batchers.push(Batcher::spawn(
-                    counters_store_clone(&counters_store, &slow_file).await?,
+                    counters_store.with_client(client(&slow_file).await?),
                 ));
             }
             for (node, request) in requests {
@@ -335,11 +335,6 @@ async fn server_conflicts(client: &Client) -> Option<u64> {
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64,
     )
-}
-
-/// A store sharing `shared`'s counters, with a client of its own.
-async fn counters_store_clone(shared: &ClusterStore, file: &Kubeconfig) -> Result<ClusterStore, String> {
-    Ok(shared.with_client(client(file).await?))
 }
 
 fn server_address(file: &Kubeconfig) -> Result<SocketAddr, String> {
