@@ -74,6 +74,6 @@ GOBIN="$dir/bin" go_run "$dir" install "github.com/containernetworking/cni/cnito
   die "go install github.com/containernetworking/cni/cnitool@$CNI_VERSION failed"
 [ -x "$tool" ] || die "go install succeeded but $tool is missing"
 works "$tool" || die "$tool does not run as cnitool (no gc/status in its usage)"
-rm -rf "$dir/gocache" # only the binary is needed from now on
+go_drop_caches "$dir"
 say "built $tool"
 echo "$tool"

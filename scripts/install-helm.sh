@@ -109,7 +109,6 @@ say "building helm $HELM_VERSION (go build from $(go_proxy_url))"
 mv -f "$tool.tmp" "$tool"
 works "$tool" "$HELM_VERSION" || die "$tool does not report helm $HELM_VERSION"
 echo "$stamp" >"$dir/.stamp"
-# Only the binary is needed from now on: a new version builds in a new directory.
-rm -rf "$dir/gocache" "$dir/gopath"
+go_drop_caches "$dir"
 say "built helm $HELM_VERSION in $((SECONDS - started))s: $tool"
 echo "$tool"

@@ -10,6 +10,8 @@
 #   go_mod_requires F M  the version go.mod file F requires of module M
 #   go_run DIR ARGS...   runs that Go hermetically (no user GOFLAGS/GOENV, GOTOOLCHAIN=local,
 #                        CGO off), with GOPATH/GOMODCACHE in DIR/gopath and GOCACHE in DIR/gocache
+#   go_drop_caches DIR   removes what go_run DIR kept besides its output (gigabytes for
+#                        kube-apiserver), once the binaries are built
 #
 # The fetched toolchain is the `golang.org/toolchain` module, checked against its go.sum hash as
 # sum.golang.org records it; every other Go module is verified by go.sum / the checksum database.
@@ -147,6 +149,13 @@ go_run() {
     GOPATH="$dir/gopath" GOMODCACHE="$dir/gopath/pkg/mod" GOCACHE="$dir/gocache" \
     GOPROXY="$proxy" GOTOOLCHAIN=local GOENV=off GOWORK=off CGO_ENABLED=0 \
     GOFLAGS="-modcacherw -buildvcs=false" "$GO_BIN" "$@"
+}
+
+# Removes go_run's module and build caches under $1. Only the built binaries are used after a
+# build, and a new version builds in a new directory, so keeping the caches would only hold disk
+# (5.5 GB of compiled packages for kube-apiserver) that a CI machine may not have.
+go_drop_caches() {
+  rm -rf "$1/gocache" "$1/gopath" || die "cannot remove the Go caches in $1"
 }
 
 # The version that go.mod file $1 requires of module $2; fails (die) when it requires none.
