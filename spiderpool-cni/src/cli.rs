@@ -113,9 +113,10 @@ pub struct ControllerArgs {
     /// The PEM private key of --webhook-cert.
     #[arg(long, requires = "webhook_cert")]
     pub webhook_key: Option<PathBuf>,
-    /// Where the webhook listens.
-    #[arg(long, default_value = "0.0.0.0:9443")]
-    pub webhook_listen: std::net::SocketAddr,
+    /// Where the webhook listens; default port 9443 of every IPv6 and IPv4 address (IPv4 only
+    /// on a host without IPv6).
+    #[arg(long)]
+    pub webhook_listen: Option<std::net::SocketAddr>,
     /// Serve the validating webhook with a CA and certificate made at start, and register it
     /// (ValidatingWebhookConfiguration --webhook-configuration) behind the Service
     /// --webhook-service in --webhook-namespace, or at --webhook-url.

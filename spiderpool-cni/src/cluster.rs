@@ -68,7 +68,9 @@ pub fn run_controller(args: &crate::cli::ControllerArgs) -> Result<(), String> {
         };
         let webhook = async {
             if let (Some(cert), Some(key)) = (&args.webhook_cert, &args.webhook_key) {
-                spiderpool_k8s::webhook::serve(args.webhook_listen, cert, key, webhook_client)
+                let listener = spiderpool_k8s::webhook::bind(args.webhook_listen)
+                    .map_err(|err| format!("the admission webhook: {err}"))?;
+                spiderpool_k8s::webhook::serve_on(listener, cert, key, webhook_client)
                     .await
                     .map_err(|err| format!("the admission webhook: {err}"))
             } else if args.webhook_self_signed {
@@ -88,7 +90,7 @@ async fn serve_self_signed_webhook(
     args: &crate::cli::ControllerArgs,
     client: kube::Client,
 ) -> Result<(), String> {
-    use spiderpool_k8s::webhook::{WebhookTarget, register, self_signed, serve_with};
+    use spiderpool_k8s::webhook::{WebhookTarget, bind, register, self_signed, serve_with};
     let target = match &args.webhook_url {
         Some(url) => WebhookTarget::Url(url.clone()),
         None => WebhookTarget::Service {
@@ -101,14 +103,7 @@ async fn serve_self_signed_webhook(
         },
     };
     let made = self_signed(&target.certificate_names()).map_err(|err| err.to_string())?;
-    let listener = tokio::net::TcpListener::bind(args.webhook_listen)
-        .await
-        .map_err(|err| {
-            format!(
-                "the admission webhook: listening on {}: {err}",
-                args.webhook_listen
-            )
-        })?;
+    let listener = bind(args.webhook_listen).map_err(|err| format!("the admission webhook: {err}"))?;
     // The API server may still be starting with the controller: keep trying, while serving.
     let registration = {
         let client = client.clone();

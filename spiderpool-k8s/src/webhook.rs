@@ -3,6 +3,7 @@
 //! ([`spiderpool_core::admission`]), so that an object the allocator would refuse is never
 //! stored, and the user reads the same message either way.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -79,7 +80,7 @@ pub enum WebhookError {
         problem: String,
     },
     /// The address cannot be listened on.
-    #[error("listening on {address}: {source}")]
+    #[error("cannot listen on {address}: {source}; free the port or listen on another address")]
     Listen {
         /// The address.
         address: SocketAddr,
@@ -89,16 +90,61 @@ pub enum WebhookError {
     },
 }
 
-/// Serves the webhook over TLS on `address` until the process ends.
-pub async fn serve(address: SocketAddr, cert: &Path, key: &Path, client: Client) -> Result<(), WebhookError> {
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| WebhookError::Listen { address, source })?;
-    serve_on(listener, cert, key, client).await
+/// The port the webhook listens on unless told otherwise (the Service's `targetPort`).
+pub const DEFAULT_PORT: u16 = 9443;
+
+/// Binds the webhook's listener: on `address` when given, otherwise on port [`DEFAULT_PORT`]
+/// of every address of the host ([`bind_every_address`]). Call it inside a Tokio runtime.
+pub fn bind(address: Option<SocketAddr>) -> Result<TcpListener, WebhookError> {
+    match address {
+        Some(address) => bind_socket(address, None),
+        None => bind_every_address(DEFAULT_PORT),
+    }
 }
 
-/// Serves the webhook on a listener already bound (tests bind port 0), with the PEM files
-/// `cert` (chain) and `key`.
+/// Binds `port` on every IPv6 and IPv4 address of the host with one socket: `[::]` with
+/// `IPV6_V6ONLY` off, whatever `net.ipv6.bindv6only` says, so the API server reaches the
+/// webhook in IPv4, IPv6 and dual-stack clusters alike. On a host without IPv6 (the socket
+/// cannot be made or bound to `[::]`), `0.0.0.0`. Port 0 picks a free port.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let listener = spiderpool_k8s::webhook::bind_every_address(0).unwrap();
+/// let port = listener.local_addr().unwrap().port();
+/// tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+/// # });
+/// ```
+pub fn bind_every_address(port: u16) -> Result<TcpListener, WebhookError> {
+    let any_v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    match bind_socket(any_v6, Some(false)) {
+        // A port taken or forbidden is so for IPv4 too; anything else means no IPv6 here.
+        Err(WebhookError::Listen { source, .. })
+            if !matches!(source.kind(), ErrorKind::AddrInUse | ErrorKind::PermissionDenied) =>
+        {
+            bind_socket(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)), None)
+        }
+        bound => bound,
+    }
+}
+
+/// A listening socket on `address`, with `SO_REUSEADDR` (a restarted controller rebinds while
+/// old connections linger) and, for IPv6, `IPV6_V6ONLY` as given.
+fn bind_socket(address: SocketAddr, only_v6: Option<bool>) -> Result<TcpListener, WebhookError> {
+    use socket2::{Domain, Socket, Type};
+    let listen = |source| WebhookError::Listen { address, source };
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(listen)?;
+    if let Some(only_v6) = only_v6 {
+        socket.set_only_v6(only_v6).map_err(listen)?;
+    }
+    socket.set_reuse_address(true).map_err(listen)?;
+    socket.set_nonblocking(true).map_err(listen)?;
+    socket.bind(&address.into()).map_err(listen)?;
+    socket.listen(1024).map_err(listen)?;
+    TcpListener::from_std(socket.into()).map_err(listen)
+}
+
+/// Serves the webhook over TLS on `listener` ([`bind`]) until the process ends, with the PEM
+/// files `cert` (chain) and `key`.
 pub async fn serve_on(
     listener: TcpListener,
     cert: &Path,
@@ -335,4 +381,57 @@ async fn existing_pools(client: &Client) -> Result<Vec<spiderpool_core::SpiderIP
             _ => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use tokio::net::TcpStream;
+
+    #[tokio::test]
+    async fn every_address_means_ipv4_and_ipv6_on_one_port() {
+        let listener = bind_every_address(0).unwrap();
+        let bound = listener.local_addr().unwrap();
+        let port = bound.port();
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.unwrap();
+        // Only a host without IPv6 falls back to IPv4 alone.
+        if bound.is_ipv6() {
+            TcpStream::connect((Ipv6Addr::LOCALHOST, port)).await.unwrap();
+        } else {
+            assert!(std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_given_address_is_the_only_one_listened_on() {
+        let listener = bind(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))).unwrap();
+        let bound = listener.local_addr().unwrap();
+        assert_eq!(bound.ip(), Ipv4Addr::LOCALHOST);
+        TcpStream::connect(bound).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_an_error_naming_the_address() {
+        let taken = bind_every_address(0).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let error = bind_every_address(port).unwrap_err();
+        let WebhookError::Listen { address, source } = &error else {
+            panic!("{error:?}")
+        };
+        assert_eq!(address.port(), port);
+        assert_eq!(source.kind(), ErrorKind::AddrInUse);
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("cannot listen on {address}: ")),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .ends_with("free the port or listen on another address"),
+            "{error}"
+        );
+    }
 }
