@@ -374,24 +374,16 @@ impl Store {
         work: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let _writers = self.lock_writers()?;
-        let transaction = self
-            .connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|source| classify_with(&self.path, self.busy_wait, source))?;
-        let view = Transaction {
-            transaction,
-            path: &self.path,
-            busy_wait: self.busy_wait,
-            failure: RefCell::new(None),
-        };
+        let view = self.begin(TransactionBehavior::Immediate)?;
         let outcome = work(&view);
         // A failed query answered the engine with "nothing": report the failure, not what the
         // engine made of it.
         view.take_failure()?;
         let outcome = outcome?;
+        let (path, busy_wait) = (view.path, view.busy_wait);
         view.transaction
             .commit()
-            .map_err(|source| classify_with(&self.path, self.busy_wait, source))?;
+            .map_err(|source| classify_with(path, busy_wait, source))?;
         Ok(outcome)
     }
 
@@ -400,19 +392,24 @@ impl Store {
         &mut self,
         work: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
+        let view = self.begin(TransactionBehavior::Deferred)?;
+        let outcome = work(&view);
+        view.take_failure()?;
+        outcome
+    }
+
+    /// A transaction of `behavior` on the database, as the view the engine reads through.
+    fn begin(&mut self, behavior: TransactionBehavior) -> Result<Transaction<'_>, StoreError> {
         let transaction = self
             .connection
-            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .transaction_with_behavior(behavior)
             .map_err(|source| classify_with(&self.path, self.busy_wait, source))?;
-        let view = Transaction {
+        Ok(Transaction {
             transaction,
             path: &self.path,
             busy_wait: self.busy_wait,
             failure: RefCell::new(None),
-        };
-        let outcome = work(&view);
-        view.take_failure()?;
-        outcome
+        })
     }
 }
 

@@ -759,24 +759,13 @@ impl ClusterStore {
             match written {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => {
-                    endpoint = api.get_opt(&request.pod.name).await.map_err(|err| {
-                        ClusterError::api(
-                            format!(
-                                "reading SpiderEndpoint {}/{}",
-                                request.pod.namespace, request.pod.name
-                            ),
-                            err,
-                        )
-                    })?;
+                    endpoint = api
+                        .get_opt(&request.pod.name)
+                        .await
+                        .map_err(|err| endpoint_error("reading", request, err))?;
                 }
                 Err(error) => {
-                    return Err(ClusterError::api(
-                        format!(
-                            "writing SpiderEndpoint {}/{}",
-                            request.pod.namespace, request.pod.name
-                        ),
-                        error,
-                    ));
+                    return Err(endpoint_error("writing", request, error));
                 }
             }
         }
@@ -853,15 +842,10 @@ impl ClusterStore {
     async fn forget(&self, request: &Request, interfaces: &BTreeSet<String>) -> Result<(), ClusterError> {
         let api: Api<SpiderEndpoint> = Api::namespaced(self.client.clone(), &request.pod.namespace);
         for _ in 0..self.budget.attempts {
-            let read = api.get_opt(&request.pod.name).await.map_err(|err| {
-                ClusterError::api(
-                    format!(
-                        "reading SpiderEndpoint {}/{}",
-                        request.pod.namespace, request.pod.name
-                    ),
-                    err,
-                )
-            })?;
+            let read = api
+                .get_opt(&request.pod.name)
+                .await
+                .map_err(|err| endpoint_error("reading", request, err))?;
             let Some(mut endpoint) = read else {
                 return Ok(());
             };
@@ -897,13 +881,7 @@ impl ClusterStore {
                 Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
                 Err(kube::Error::Api(status)) if status.is_conflict() => {}
                 Err(error) => {
-                    return Err(ClusterError::api(
-                        format!(
-                            "writing SpiderEndpoint {}/{}",
-                            request.pod.namespace, request.pod.name
-                        ),
-                        error,
-                    ));
+                    return Err(endpoint_error("writing", request, error));
                 }
             }
         }
@@ -1039,4 +1017,15 @@ pub fn held_addresses(state: &InMemoryState, catalog: &PoolCatalog) -> Vec<HeldA
                 })
         })
         .collect()
+}
+
+/// A failed call about the SpiderEndpoint of the request's pod: `verb` is what was being done.
+fn endpoint_error(verb: &str, request: &Request, source: kube::Error) -> ClusterError {
+    ClusterError::api(
+        format!(
+            "{verb} SpiderEndpoint {}/{}",
+            request.pod.namespace, request.pod.name
+        ),
+        source,
+    )
 }
