@@ -11,7 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Call, PLUGIN, TempDir};
-use k8s::{apply_seed, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
+use k8s::{
+    allocated_counts, apply_seed, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml,
+    pod_yaml, unique,
+};
 use serde_json::{Value, json};
 
 const SEED_TABLE: &str =
@@ -141,19 +144,7 @@ fn the_seed_through_the_plugin_and_its_node_agent() {
         del.run().expect_silent("DEL");
         del.run().expect_silent("DEL again");
     }
-    let counts = kubectl(
-        &config,
-        &[
-            "get",
-            "spiderippool",
-            "test-ippool-6",
-            "test-ippool-7",
-            "-o",
-            "custom-columns=N:.status.allocatedIPCount",
-            "--no-headers",
-        ],
-        "",
-    );
+    let counts = allocated_counts(&config, &["test-ippool-6", "test-ippool-7"]);
     assert_eq!(counts, "0\n0\n");
 }
 
@@ -187,18 +178,8 @@ fn the_plugin_talks_to_the_api_directly_with_a_kubeconfig() {
         .run()
         .expect_json("ADD");
     assert_eq!(result["ips"][0]["address"], "10.90.0.10/16");
-    let held = kubectl(
-        &config,
-        &[
-            "get",
-            "spiderippool",
-            &pool,
-            "-o",
-            "jsonpath={.status.allocatedIPCount}",
-        ],
-        "",
-    );
-    assert_eq!(held, "1");
+    let held = allocated_counts(&config, &[&pool]);
+    assert_eq!(held, "1\n");
     let endpoint = kubectl(
         &config,
         &[
@@ -218,18 +199,8 @@ fn the_plugin_talks_to_the_api_directly_with_a_kubeconfig() {
         .config(&net)
         .run()
         .expect_silent("DEL");
-    let held = kubectl(
-        &config,
-        &[
-            "get",
-            "spiderippool",
-            &pool,
-            "-o",
-            "jsonpath={.status.allocatedIPCount}",
-        ],
-        "",
-    );
-    assert_eq!(held, "0");
+    let held = allocated_counts(&config, &[&pool]);
+    assert_eq!(held, "0\n");
     kubectl(&config, &["delete", "spiderippool", &pool], "");
 }
 

@@ -18,20 +18,11 @@ use serde_json::{Value, json};
 use spiderpool_cni::demo::TemporaryDir;
 use spiderpool_cni::store::STATE_FILE;
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_spiderpool");
+mod common;
+use common::PLUGIN;
 
 /// The pool: a /16, 65,533 addresses, far more than any test here allocates.
 const POOL: &str = "conc";
-const POOL_YAML: &str = "apiVersion: spiderpool.spidernet.io/v2beta1
-kind: SpiderIPPool
-metadata:
-  name: conc
-spec:
-  subnet: 10.20.0.0/16
-  ips:
-    - 10.20.0.2-10.20.255.254
-  gateway: 10.20.0.1
-";
 
 /// The number of plugin processes in flight at once, and the number of ADDs in all.
 const PROCESSES: usize = 64;
@@ -48,7 +39,11 @@ impl Network {
     fn new(prefix: &str) -> Network {
         let dir = TemporaryDir::new(prefix).expect("a temporary directory");
         let pools = dir.path().join("pools.yaml");
-        std::fs::write(&pools, POOL_YAML).expect("the pool file is written");
+        std::fs::write(
+            &pools,
+            common::pool_yaml(POOL, "10.20.0.0/16", "10.20.0.2-10.20.255.254", "10.20.0.1"),
+        )
+        .expect("the pool file is written");
         let data = dir.path().join("data");
         Network {
             _dir: dir,
@@ -80,22 +75,8 @@ impl Network {
 
     /// Runs the CLI with `-o json` and returns its output; it must succeed.
     fn cli(&self, args: &[&str]) -> Value {
-        let output = Command::new(PLUGIN)
-            .env_remove("CNI_COMMAND")
-            .arg("--ippools")
-            .arg(&self.pools)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["-o", "json"])
-            .args(args)
-            .output()
-            .expect("the CLI runs");
-        assert!(
-            output.status.success(),
-            "spiderpool {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("the CLI prints JSON")
+        let args: Vec<&str> = ["-o", "json"].iter().chain(args).copied().collect();
+        common::cli(&self.pools, &self.data, &args)
     }
 
     /// `ippool show conc`: container ID -> (address, pod UID), asserting that no address and

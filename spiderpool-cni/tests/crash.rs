@@ -22,19 +22,10 @@ use serde_json::{Value, json};
 use spiderpool_cni::demo::TemporaryDir;
 use spiderpool_cni::store::STATE_FILE;
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_spiderpool");
+mod common;
+use common::PLUGIN;
 
 const POOL: &str = "crash";
-const POOL_YAML: &str = "apiVersion: spiderpool.spidernet.io/v2beta1
-kind: SpiderIPPool
-metadata:
-  name: crash
-spec:
-  subnet: 10.30.0.0/16
-  ips:
-    - 10.30.0.2-10.30.255.254
-  gateway: 10.30.0.1
-";
 
 /// Kills that must land in a running ADD, and in a running DEL.
 const KILLS_PER_COMMAND: usize = 100;
@@ -91,7 +82,11 @@ impl Network {
     fn new(base: &Path, data: &str) -> Network {
         let pools = base.join("pools.yaml");
         if !pools.exists() {
-            std::fs::write(&pools, POOL_YAML).expect("the pool file is written");
+            std::fs::write(
+                &pools,
+                common::pool_yaml(POOL, "10.30.0.0/16", "10.30.0.2-10.30.255.254", "10.30.0.1"),
+            )
+            .expect("the pool file is written");
         }
         Network {
             pools,
@@ -112,22 +107,8 @@ impl Network {
 
     /// Runs the CLI with `-o json`; it must succeed, which also shows that the store opens.
     fn cli(&self, args: &[&str]) -> Value {
-        let output = Command::new(PLUGIN)
-            .env_remove("CNI_COMMAND")
-            .arg("--ippools")
-            .arg(&self.pools)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["-o", "json"])
-            .args(args)
-            .output()
-            .expect("the CLI runs");
-        assert!(
-            output.status.success(),
-            "spiderpool {args:?} failed after the kills: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).expect("the CLI prints JSON")
+        let args: Vec<&str> = ["-o", "json"].iter().chain(args).copied().collect();
+        common::cli(&self.pools, &self.data, &args)
     }
 
     /// The stored allocations, container ID -> address, after checking every invariant the

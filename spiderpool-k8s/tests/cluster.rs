@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use common::{
-    apply_seed, client, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique,
+    allocated_counts, apply_seed, client, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml,
+    pod_yaml, unique,
 };
 use kube::Api;
 use spiderpool_core::annotations::POD_IPPOOL;
@@ -93,19 +94,7 @@ async fn the_seed_at_the_api_level_prints_the_seed_table() {
         store.release(&del).await.expect("DEL");
         store.release(&del).await.expect("DEL again");
     }
-    let table = kubectl(
-        &config,
-        &[
-            "get",
-            "spiderippool",
-            "test-ippool-6",
-            "test-ippool-7",
-            "-o",
-            "custom-columns=N:.status.allocatedIPCount",
-            "--no-headers",
-        ],
-        "",
-    );
+    let table = allocated_counts(&config, &["test-ippool-6", "test-ippool-7"]);
     assert_eq!(table, "0\n0\n");
     let left = kubectl(
         &config,

@@ -11,9 +11,8 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -44,35 +43,26 @@ pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// How long one plugin call may take before the test gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A directory removed with everything in it when dropped.
-pub struct TempDir {
-    path: PathBuf,
-}
+/// A directory removed with everything in it when dropped: the library's own
+/// [`spiderpool_cni::demo::TemporaryDir`], with helpers to place files in it.
+pub struct TempDir(spiderpool_cni::demo::TemporaryDir);
 
 impl TempDir {
     /// A new empty directory under the system's temporary directory.
     pub fn new(label: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "spiderpool-{label}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
-        TempDir { path }
+        let dir = spiderpool_cni::demo::TemporaryDir::new(&format!("spiderpool-{label}"))
+            .unwrap_or_else(|err| panic!("creating a temporary directory for {label}: {err}"));
+        TempDir(dir)
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     /// A path inside the directory.
     pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
+        self.path().join(name)
     }
 
     /// Writes `contents` to `name` inside the directory and returns its path.
@@ -83,12 +73,6 @@ impl TempDir {
         }
         std::fs::write(&path, contents).unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
         path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -190,23 +174,7 @@ impl Fixture {
 
     /// Runs the CLI on this fixture's pools and state; the output parsed as JSON.
     pub fn cli(&self, args: &[&str]) -> Value {
-        let output = Command::new(PLUGIN)
-            .env_remove("CNI_COMMAND")
-            .arg("--ippools")
-            .arg(&self.pools)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(args)
-            .output()
-            .expect("the CLI runs");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "spiderpool {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("spiderpool {args:?}: {err}: {stdout}"))
+        cli(&self.pools, &self.data, args)
     }
 
     /// Every file of the data directory with its bytes.
@@ -560,6 +528,28 @@ pub fn addresses(result: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Runs the CLI (no `CNI_COMMAND`) on the pool file `pools` and the data directory `data`; it
+/// must succeed and print JSON, which is returned parsed.
+pub fn cli(pools: &Path, data: &Path, args: &[&str]) -> Value {
+    let output = Command::new(PLUGIN)
+        .env_remove("CNI_COMMAND")
+        .arg("--ippools")
+        .arg(pools)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("the CLI runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "spiderpool {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("spiderpool {args:?}: {err}: {stdout}"))
 }
 
 /// A pool file of one pool, `name`, serving every node: `subnet`, `ips` (a range string),

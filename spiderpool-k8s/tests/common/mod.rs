@@ -40,6 +40,15 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {
     try_kubectl(kubeconfig, args, stdin).unwrap_or_else(|failure| panic!("{failure}"))
 }
 
+/// `status.allocatedIPCount` of each of `pools`, one per line in the order given, as
+/// `kubectl get spiderippool` reads it.
+pub fn allocated_counts(kubeconfig: &Path, pools: &[&str]) -> String {
+    let mut args = vec!["get", "spiderippool"];
+    args.extend_from_slice(pools);
+    args.extend(["-o", "custom-columns=N:.status.allocatedIPCount", "--no-headers"]);
+    kubectl(kubeconfig, &args, "")
+}
+
 /// Runs `kubectl --kubeconfig K args...` with `stdin`: its stdout, or what it said on failure.
 pub fn try_kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Result<String, String> {
     let mut child = Command::new("kubectl")
