@@ -1,5 +1,6 @@
 //! The allocation engine: one [`Request`] in, one [`Plan`] out.
 
+use std::convert::Infallible;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -83,8 +84,11 @@ impl Plan {
 }
 
 /// Why a request gets no addresses. Nothing is to be written in any case.
+///
+/// `E` is the error of the [`AllocationState`] read: `Infallible`, the default, for
+/// [`crate::InMemoryState`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AllocateError {
+pub enum AllocateError<E = Infallible> {
     /// Candidates could not be listed, or a candidate is invalid.
     #[error(transparent)]
     Selection(#[from] SelectionError),
@@ -121,6 +125,9 @@ pub enum AllocateError {
         /// Why the pool is invalid.
         error: Box<InvalidObject>,
     },
+    /// The allocation state could not be read: nothing was decided.
+    #[error("reading the allocation state failed: {0}")]
+    State(#[source] E),
 }
 
 /// Every candidate of the interfaces and families that could not be served, with reasons.
@@ -136,12 +143,14 @@ pub struct Unavailable {
 }
 
 /// What [`explain`] found: every candidate with its verdict, and what an allocation would do.
+/// `E` is the error of the [`AllocationState`] read, as in [`AllocateError`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Explanation {
-    /// Every candidate of every interface and family, with its verdict.
+pub struct Explanation<E = Infallible> {
+    /// Every candidate of every interface and family, with its verdict, up to a failed read of
+    /// the state.
     pub trials: Vec<Trial>,
     /// The plan an allocation would make now, or why it would fail.
-    pub outcome: Result<Plan, AllocateError>,
+    pub outcome: Result<Plan, AllocateError<E>>,
 }
 
 /// Decides the addresses for a request, changing nothing.
@@ -151,7 +160,8 @@ pub struct Explanation {
 /// or nothing: any failure means no change at all. A request whose owner already holds
 /// addresses for the interface gets them again, with no change (idempotency per owner and
 /// interface). Within a pool, the address is the first free one after the pool's cursor,
-/// wrapping around, so a just-released address is not reused at once.
+/// wrapping around, so a just-released address is not reused at once. A query of `state` that
+/// fails ends the decision with [`AllocateError::State`].
 ///
 /// ```
 /// use spiderpool_core::*;
@@ -182,11 +192,11 @@ pub struct Explanation {
 /// assert!(again.is_replay());
 /// assert_eq!(again.interface("eth0"), plan.interface("eth0"));
 /// ```
-pub fn allocate(
+pub fn allocate<S: AllocationState + ?Sized>(
     catalog: &PoolCatalog,
-    state: &(impl AllocationState + ?Sized),
+    state: &S,
     request: &Request,
-) -> Result<Plan, AllocateError> {
+) -> Result<Plan, AllocateError<S::Error>> {
     Engine {
         catalog,
         state,
@@ -199,11 +209,11 @@ pub fn allocate(
 
 /// Evaluates every candidate of a request, and what [`allocate`] would do now, changing
 /// nothing: the answer to "why does this pod get this address, or none?".
-pub fn explain(
+pub fn explain<S: AllocationState + ?Sized>(
     catalog: &PoolCatalog,
-    state: &(impl AllocationState + ?Sized),
+    state: &S,
     request: &Request,
-) -> Explanation {
+) -> Explanation<S::Error> {
     let (trials, outcome) = Engine {
         catalog,
         state,
@@ -220,15 +230,17 @@ pub fn explain(
 /// ```
 /// use spiderpool_core::{release, InMemoryState, OwnerKey};
 /// let state = InMemoryState::new();
-/// assert!(release(&state, &OwnerKey::Container("gone".into()), None).is_empty());
+/// // In memory the state's error is `Infallible`: `Ok` is the only pattern.
+/// let Ok(changes) = release(&state, &OwnerKey::Container("gone".into()), None);
+/// assert!(changes.is_empty());
 /// ```
-pub fn release(
-    state: &(impl AllocationState + ?Sized),
+pub fn release<S: AllocationState + ?Sized>(
+    state: &S,
     owner: &OwnerKey,
     interface: Option<&str>,
-) -> Vec<Change> {
-    state
-        .held_by(owner)
+) -> Result<Vec<Change>, S::Error> {
+    Ok(state
+        .held_by(owner)?
         .into_iter()
         .filter(|held| interface.is_none_or(|name| held.holder.interface() == name))
         .map(|held| Change::Release {
@@ -236,14 +248,14 @@ pub fn release(
             address: held.address,
             holder: held.holder,
         })
-        .collect()
+        .collect())
 }
 
 /// The changes a DEL of `request` asks for: the addresses its owner holds for the request's
 /// interface through this container, and for every interface of an
 /// `ipam.spidernet.io/ippools` annotation whose first interface is the one being deleted.
-/// Records that a newer sandbox of the same pod has taken over stay. Never fails: an
-/// unreadable annotation releases the one interface.
+/// Records that a newer sandbox of the same pod has taken over stay. Fails only when the state
+/// cannot be read: an unreadable annotation releases the one interface.
 ///
 /// ```
 /// use spiderpool_core::*;
@@ -262,10 +274,15 @@ pub fn release(
 /// state.apply(&allocate(&catalog, &state, &second).unwrap().changes).unwrap();
 ///
 /// // The old sandbox's DEL comes late and releases nothing; the new one's releases.
-/// assert!(release_attachment(&state, &first).is_empty());
-/// assert_eq!(release_attachment(&state, &second).len(), 1);
+/// let Ok(late) = release_attachment(&state, &first);
+/// assert!(late.is_empty());
+/// let Ok(current) = release_attachment(&state, &second);
+/// assert_eq!(current.len(), 1);
 /// ```
-pub fn release_attachment(state: &(impl AllocationState + ?Sized), request: &Request) -> Vec<Change> {
+pub fn release_attachment<S: AllocationState + ?Sized>(
+    state: &S,
+    request: &Request,
+) -> Result<Vec<Change>, S::Error> {
     let listed = request
         .pod
         .annotations
@@ -280,36 +297,40 @@ pub fn release_attachment(state: &(impl AllocationState + ?Sized), request: &Req
         Some(entries) => entries.into_iter().map(|entry| entry.interface).collect(),
         None => vec![request.interface.clone()],
     };
-    attachment_addresses(state, request, &interfaces)
+    Ok(attachment_addresses(state, request, &interfaces)?
         .into_iter()
         .map(|held| Change::Release {
             pool: held.pool,
             address: held.address,
             holder: held.holder,
         })
-        .collect()
+        .collect())
 }
 
 /// What the attachment of `request` holds on `interfaces`: its owner's addresses held through
 /// this container; or, when the request carries no pod UID (a DEL or CHECK without
 /// `CNI_ARGS`), whatever this container holds on them.
-pub fn attachment_addresses(
-    state: &(impl AllocationState + ?Sized),
+pub fn attachment_addresses<S: AllocationState + ?Sized>(
+    state: &S,
     request: &Request,
     interfaces: &[String],
-) -> Vec<HeldAddress> {
+) -> Result<Vec<HeldAddress>, S::Error> {
     let ours = |held: &HeldAddress| {
         interfaces.contains(&held.holder.interface()) && held.holder.container_id() == request.container_id
     };
-    let owned: Vec<HeldAddress> = state.held_by(&request.owner()).into_iter().filter(ours).collect();
-    if !owned.is_empty() || request.pod.uid.as_deref().is_some_and(|uid| !uid.is_empty()) {
-        return owned;
-    }
-    state
-        .held_by_container(&request.container_id)
+    let owned: Vec<HeldAddress> = state
+        .held_by(&request.owner())?
         .into_iter()
         .filter(ours)
-        .collect()
+        .collect();
+    if !owned.is_empty() || request.pod.uid.as_deref().is_some_and(|uid| !uid.is_empty()) {
+        return Ok(owned);
+    }
+    Ok(state
+        .held_by_container(&request.container_id)?
+        .into_iter()
+        .filter(ours)
+        .collect())
 }
 
 /// The changes a CNI GC asks for: every held address whose attachment (container ID and
@@ -355,8 +376,11 @@ struct Engine<'a, S: ?Sized> {
 }
 
 impl<S: AllocationState + ?Sized> Engine<'_, S> {
-    fn run(&self) -> (Vec<Trial>, Result<Plan, AllocateError>) {
-        let held = self.state.held_by(&self.request.owner());
+    fn run(&self) -> (Vec<Trial>, Result<Plan, AllocateError<S::Error>>) {
+        let held = match self.state.held_by(&self.request.owner()) {
+            Ok(held) => held,
+            Err(error) => return (Vec::new(), Err(AllocateError::State(error))),
+        };
         let holds_requested = held
             .iter()
             .any(|h| h.holder.interface() == self.request.interface);
@@ -368,7 +392,10 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
         };
         if holds_requested {
             let trials = match (&selection, self.explain) {
-                (Some(selection), true) => self.held_trials(selection),
+                (Some(selection), true) => match self.held_trials(selection) {
+                    Ok(trials) => trials,
+                    Err(error) => return (Vec::new(), Err(AllocateError::State(error))),
+                },
                 _ => Vec::new(),
             };
             return (trials, self.replay(&held, selection.as_ref()));
@@ -390,7 +417,10 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
                     Err(error) => return (trials, Err(error)),
                 }
                 if self.explain {
-                    trials.extend(self.held_trials_of(selected));
+                    match self.held_trials_of(selected) {
+                        Ok(held_trials) => trials.extend(held_trials),
+                        Err(error) => return (trials, Err(AllocateError::State(error))),
+                    }
                 }
                 continue;
             }
@@ -398,7 +428,7 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
             for (version, names) in &selected.families {
                 let trial = match self.try_candidates(&selected.interface, *version, names, &changes, true) {
                     Ok(trial) => trial,
-                    Err(error) => return (trials, Err(error.into())),
+                    Err(error) => return (trials, Err(error)),
                 };
                 let chosen = trial
                     .candidates
@@ -455,21 +485,26 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
 
     /// The verdicts of every interface of a request that is already served. Nothing is chosen:
     /// pools that could serve show their next free address.
-    fn held_trials(&self, selection: &Selection) -> Vec<Trial> {
-        selection
-            .interfaces
-            .iter()
-            .flat_map(|selected| self.held_trials_of(selected))
-            .collect()
+    fn held_trials(&self, selection: &Selection) -> Result<Vec<Trial>, S::Error> {
+        let mut trials = Vec::new();
+        for selected in &selection.interfaces {
+            trials.extend(self.held_trials_of(selected)?);
+        }
+        Ok(trials)
     }
 
-    fn held_trials_of(&self, selected: &InterfaceSelection) -> Vec<Trial> {
+    /// Families whose candidates cannot be evaluated show no verdict; a failed read of the
+    /// state fails them all.
+    fn held_trials_of(&self, selected: &InterfaceSelection) -> Result<Vec<Trial>, S::Error> {
         selected
             .families
             .iter()
             .filter_map(|(version, names)| {
-                self.try_candidates(&selected.interface, *version, names, &[], false)
-                    .ok()
+                match self.try_candidates(&selected.interface, *version, names, &[], false) {
+                    Ok(trial) => Some(Ok(trial)),
+                    Err(AllocateError::State(error)) => Some(Err(error)),
+                    Err(_) => None,
+                }
             })
             .collect()
     }
@@ -482,7 +517,7 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
         names: &[String],
         pending: &[Change],
         choose: bool,
-    ) -> Result<Trial, SelectionError> {
+    ) -> Result<Trial, AllocateError<S::Error>> {
         let mut trial = Trial {
             interface: interface.to_owned(),
             version,
@@ -490,12 +525,13 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
         };
         // An interface that already holds addresses has nothing to choose.
         let mut chosen = !choose;
+        let unreadable = AllocateError::State;
         for (name, pattern) in candidates::expand(self.catalog, names, version) {
             let verdict = match candidates::evaluate(self.catalog, self.request, interface, version, name)? {
                 Err(rejection) => Verdict::Rejected(rejection),
-                Ok(pool) => match next_free_besides(self.state, pool, pending) {
+                Ok(pool) => match next_free_besides(self.state, pool, pending).map_err(unreadable)? {
                     None => Verdict::Rejected(Rejection::Full {
-                        allocated: self.state.allocated_count(pool.name()),
+                        allocated: self.state.allocated_count(pool.name()).map_err(unreadable)?,
                         allocatable: pool.allocatable().len(),
                     }),
                     Some(address) if !chosen => {
@@ -518,7 +554,11 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
     }
 
     /// The plan for a request whose owner already holds addresses for the interface.
-    fn replay(&self, held: &[HeldAddress], selection: Option<&Selection>) -> Result<Plan, AllocateError> {
+    fn replay(
+        &self,
+        held: &[HeldAddress],
+        selection: Option<&Selection>,
+    ) -> Result<Plan, AllocateError<S::Error>> {
         let mut interfaces: Vec<InterfaceAddresses> = Vec::new();
         for entry in held {
             let interface = entry.holder.interface();
@@ -566,7 +606,7 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
         &self,
         selected: &InterfaceSelection,
         held: &[&HeldAddress],
-    ) -> Result<InterfaceAddresses, AllocateError> {
+    ) -> Result<InterfaceAddresses, AllocateError<S::Error>> {
         let mut addresses = Vec::with_capacity(held.len());
         for entry in held {
             let pool = match self.catalog.get(&entry.pool) {
@@ -621,33 +661,41 @@ fn assigned(pool: &Pool, address: IpAddr) -> AssignedAddress {
 ///   metadata: {name: p}, spec: {subnet: 10.0.0.0/8, ips: [10.0.0.1-10.255.255.254]}}").unwrap();
 /// let catalog = PoolCatalog::from_documents(&docs);
 /// let pool = catalog.pool("p").unwrap();
-/// assert_eq!(next_free(&InMemoryState::new(), pool), Some("10.0.0.1".parse().unwrap()));
+/// assert_eq!(next_free(&InMemoryState::new(), pool), Ok(Some("10.0.0.1".parse().unwrap())));
 /// ```
-pub fn next_free(state: &(impl AllocationState + ?Sized), pool: &Pool) -> Option<IpAddr> {
+pub fn next_free<S: AllocationState + ?Sized>(state: &S, pool: &Pool) -> Result<Option<IpAddr>, S::Error> {
     next_free_besides(state, pool, &[])
 }
 
 /// [`next_free`], also skipping addresses that `pending` changes allocate.
-pub(crate) fn next_free_besides(
-    state: &(impl AllocationState + ?Sized),
+pub(crate) fn next_free_besides<S: AllocationState + ?Sized>(
+    state: &S,
     pool: &Pool,
     pending: &[Change],
-) -> Option<IpAddr> {
+) -> Result<Option<IpAddr>, S::Error> {
     let set = pool.allocatable();
     let version = pool.version();
-    let first = to_u128(set.first()?);
+    let Some(first) = set.first() else {
+        return Ok(None);
+    };
+    let first = to_u128(first);
     let after_cursor = state
-        .cursor(pool.name())
+        .cursor(pool.name())?
         .filter(|cursor| IpVersion::of(*cursor) == version)
         .and_then(|cursor| to_u128(cursor).checked_add(1))
         .filter(|&start| start <= version.max_value())
         .unwrap_or(first);
-    let search = |mut from: u128, limit: u128| -> Option<u128> {
+    let search = |mut from: u128, limit: u128| -> Result<Option<u128>, S::Error> {
         loop {
-            let candidate = set.first_at_or_after(from).filter(|&c| c <= limit)?;
-            let unheld = to_u128(state.first_unheld_from(pool.name(), version.address(candidate))?);
+            let Some(candidate) = set.first_at_or_after(from).filter(|&c| c <= limit) else {
+                return Ok(None);
+            };
+            let Some(unheld) = state.first_unheld_from(pool.name(), version.address(candidate))? else {
+                return Ok(None);
+            };
+            let unheld = to_u128(unheld);
             if unheld > limit {
-                return None;
+                return Ok(None);
             }
             if !set.contains_value(unheld) {
                 // The held run ends in a gap of the pool's addresses: continue after the gap.
@@ -658,12 +706,20 @@ pub(crate) fn next_free_besides(
                 .iter()
                 .any(|change| change.pool() == pool.name() && change.address() == version.address(unheld));
             if !taken {
-                return Some(unheld);
+                return Ok(Some(unheld));
             }
-            from = unheld.checked_add(1)?;
+            let Some(next) = unheld.checked_add(1) else {
+                return Ok(None);
+            };
+            from = next;
         }
     };
-    search(after_cursor, version.max_value())
-        .or_else(|| after_cursor.checked_sub(1).and_then(|limit| search(first, limit)))
-        .map(|value| version.address(value))
+    let found = match search(after_cursor, version.max_value())? {
+        Some(value) => Some(value),
+        None => match after_cursor.checked_sub(1) {
+            Some(limit) => search(first, limit)?,
+            None => None,
+        },
+    };
+    Ok(found.map(|value| version.address(value)))
 }

@@ -50,7 +50,9 @@
 //! request.node.name = "controller-node-1".into();
 //! let plan = allocate(&catalog, &state, &request).unwrap();
 //! state.apply(&plan.changes).unwrap();
-//! let rows = pool_rows(&catalog, &state);
+//! // The in-memory state cannot fail a query: its error is `Infallible`, so `Ok` is the only
+//! // pattern (a database-backed state returns its own error type instead).
+//! let Ok(rows) = pool_rows(&catalog, &state);
 //! assert_eq!(render_pool_table(&rows, false), "\
 //! NAME            VERSION   SUBNET        ALLOCATED-IP-COUNT   TOTAL-IP-COUNT   DEFAULT   DISABLE
 //! test-ippool-6   4         10.6.0.0/16   1                    10               false     false

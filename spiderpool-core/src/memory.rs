@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry as HashEntry;
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
@@ -22,12 +23,14 @@ use crate::state::{AllocationState, Change, HeldAddress, Holder, OwnerKey};
 /// let holder = Holder::new(&OwnerKey::Container("c1".into()), "eth0", None, "c1");
 /// let address = "10.6.168.60".parse().unwrap();
 /// state.apply(&[Change::Allocate { pool: "p".into(), address, holder: holder.clone() }]).unwrap();
-/// assert_eq!(state.holder("p", address), Some(holder.clone()));
-/// assert_eq!(state.first_unheld_from("p", address), Some("10.6.168.61".parse().unwrap()));
+/// assert_eq!(state.holder("p", address), Ok(Some(holder.clone())));
+/// assert_eq!(state.first_unheld_from("p", address), Ok(Some("10.6.168.61".parse().unwrap())));
 /// // Allocating a held address is a conflict, and changes nothing.
 /// let again = state.apply(&[Change::Allocate { pool: "p".into(), address, holder }]);
 /// assert!(again.is_err());
-/// assert_eq!(state.allocated_count("p"), 1);
+/// // In memory a query cannot fail (its error is `Infallible`), so `Ok` is the only pattern.
+/// let Ok(allocated) = state.allocated_count("p");
+/// assert_eq!(allocated, 1);
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryState {
@@ -150,7 +153,10 @@ impl InMemoryState {
                     if held_by(None) {
                         let holder = match earlier.and_then(Change::holder_after) {
                             Some(holder) => holder.clone(),
-                            None => self.holder(pool, address).expect("a held address has a holder"),
+                            None => {
+                                let Ok(holder) = self.holder(pool, address);
+                                holder.expect("a held address has a holder")
+                            }
                         };
                         return Err(ApplyError::AlreadyHeld {
                             pool: pool.into(),
@@ -270,7 +276,7 @@ impl InMemoryState {
     /// let mut state = InMemoryState::new();
     /// let last = "10.6.168.64".parse().unwrap();
     /// state.set_cursor("p", last).unwrap();
-    /// assert_eq!(state.cursor("p"), Some(last));
+    /// assert_eq!(state.cursor("p"), Ok(Some(last)));
     /// ```
     pub fn set_cursor(&mut self, pool: &str, address: IpAddr) -> Result<(), ApplyError> {
         let id = self.ledger_for(pool, address)?;
@@ -313,46 +319,51 @@ impl InMemoryState {
 }
 
 impl AllocationState for InMemoryState {
-    fn holder(&self, pool: &str, address: IpAddr) -> Option<Holder> {
-        let ledger = self.ledger(pool)?;
+    type Error = Infallible;
+
+    fn holder(&self, pool: &str, address: IpAddr) -> Result<Option<Holder>, Infallible> {
+        let Some(ledger) = self.ledger(pool) else {
+            return Ok(None);
+        };
         if ledger.version != Some(IpVersion::of(address)) {
-            return None;
+            return Ok(None);
         }
-        ledger.held.get(&to_u128(address)).cloned()
+        Ok(ledger.held.get(&to_u128(address)).cloned())
     }
 
-    fn first_unheld_from(&self, pool: &str, from: IpAddr) -> Option<IpAddr> {
+    fn first_unheld_from(&self, pool: &str, from: IpAddr) -> Result<Option<IpAddr>, Infallible> {
         let version = IpVersion::of(from);
         let Some(ledger) = self.ledger(pool).filter(|l| l.version == Some(version)) else {
-            return Some(from);
+            return Ok(Some(from));
         };
-        ledger
+        Ok(ledger
             .runs
             .first_unheld_from(to_u128(from))
             .filter(|&value| value <= version.max_value())
-            .map(|value| version.address(value))
+            .map(|value| version.address(value)))
     }
 
-    fn allocated_count(&self, pool: &str) -> u64 {
-        self.ledger(pool).map_or(0, |ledger| ledger.held.len() as u64)
+    fn allocated_count(&self, pool: &str) -> Result<u64, Infallible> {
+        Ok(self.ledger(pool).map_or(0, |ledger| ledger.held.len() as u64))
     }
 
-    fn held_count_in(&self, pool: &str, range: IpRange) -> u128 {
-        match self.ledger(pool) {
+    fn held_count_in(&self, pool: &str, range: IpRange) -> Result<u128, Infallible> {
+        Ok(match self.ledger(pool) {
             Some(ledger) if ledger.version == Some(range.version()) => {
                 let (start, end) = range.bounds();
                 ledger.runs.count_in(start, end)
             }
             _ => 0,
-        }
+        })
     }
 
-    fn cursor(&self, pool: &str) -> Option<IpAddr> {
-        let ledger = self.ledger(pool)?;
-        Some(ledger.version?.address(ledger.cursor?))
+    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>, Infallible> {
+        Ok(self
+            .ledger(pool)
+            .and_then(|ledger| Some(ledger.version?.address(ledger.cursor?))))
     }
 
-    fn held_by(&self, owner: &OwnerKey) -> Vec<HeldAddress> {
+    fn held_by(&self, owner: &OwnerKey) -> Result<Vec<HeldAddress>, Infallible> {
         let packed_owner = Holder::packed_owner(owner);
         let mut found: Vec<HeldAddress> = self
             .owners
@@ -370,10 +381,10 @@ impl AllocationState for InMemoryState {
             })
             .collect();
         found.sort_by(|a, b| (&a.pool, a.address).cmp(&(&b.pool, b.address)));
-        found
+        Ok(found)
     }
 
-    fn held_by_container(&self, container_id: &str) -> Vec<HeldAddress> {
+    fn held_by_container(&self, container_id: &str) -> Result<Vec<HeldAddress>, Infallible> {
         let mut found: Vec<HeldAddress> = self
             .pools
             .iter()
@@ -393,15 +404,15 @@ impl AllocationState for InMemoryState {
             })
             .collect();
         found.sort_by(|a, b| (&a.pool, a.address).cmp(&(&b.pool, b.address)));
-        found
+        Ok(found)
     }
 
-    fn allocations(&self, pool: &str) -> Vec<(IpAddr, Holder)> {
+    fn allocations(&self, pool: &str) -> Result<Vec<(IpAddr, Holder)>, Infallible> {
         let Some(ledger) = self.ledger(pool) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let Some(version) = ledger.version else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let mut allocations: Vec<(u128, &Holder)> = ledger
             .held
@@ -409,10 +420,10 @@ impl AllocationState for InMemoryState {
             .map(|(&value, holder)| (value, holder))
             .collect();
         allocations.sort_unstable_by_key(|&(value, _)| value);
-        allocations
+        Ok(allocations
             .into_iter()
             .map(|(value, holder)| (version.address(value), holder.clone()))
-            .collect()
+            .collect())
     }
 }
 
@@ -732,8 +743,8 @@ mod tests {
             ])
             .unwrap_err();
         assert!(matches!(err, ApplyError::AlreadyHeld { .. }));
-        assert_eq!(state.allocated_count("p"), 1);
-        assert_eq!(state.holder("p", y), None);
+        assert_eq!(state.allocated_count("p"), Ok(1));
+        assert_eq!(state.holder("p", y), Ok(None));
         let err = state
             .apply(&[Change::Release {
                 pool: "p".into(),
@@ -750,7 +761,7 @@ mod tests {
             }])
             .unwrap_err();
         assert!(matches!(err, ApplyError::WrongFamily { .. }));
-        assert_eq!(state.held_by(&a.owner()).len(), 1);
+        assert_eq!(state.held_by(&a.owner()).unwrap().len(), 1);
     }
 
     #[test]
@@ -782,8 +793,8 @@ mod tests {
             Err(ApplyError::NotHeldBy { .. })
         ));
         state.apply(&[transfer(&old, &new)]).unwrap();
-        assert_eq!(state.holder("p", x), Some(new.clone()));
-        assert_eq!(state.held_by(&OwnerKey::Pod("a".into())).len(), 1);
+        assert_eq!(state.holder("p", x), Ok(Some(new.clone())));
+        assert_eq!(state.held_by(&OwnerKey::Pod("a".into())).unwrap().len(), 1);
         // In a batch, a release after a transfer names the new holder.
         let back = [
             transfer(&new, &stranger),
@@ -794,8 +805,8 @@ mod tests {
             },
         ];
         state.apply(&back).unwrap();
-        assert_eq!(state.allocated_count("p"), 0);
-        assert!(state.held_by(&OwnerKey::Pod("a".into())).is_empty());
+        assert_eq!(state.allocated_count("p"), Ok(0));
+        assert!(state.held_by(&OwnerKey::Pod("a".into())).unwrap().is_empty());
     }
 
     #[test]
@@ -816,12 +827,12 @@ mod tests {
         let mut batch: Vec<Change> = (0..20).map(allocate).collect();
         batch.push(allocate(3));
         assert!(matches!(state.apply(&batch), Err(ApplyError::AlreadyHeld { .. })));
-        assert_eq!(state.allocated_count("p"), 0);
+        assert_eq!(state.allocated_count("p"), Ok(0));
         batch.pop();
         batch.extend([release(3), allocate(3), release(4)]);
         state.apply(&batch).unwrap();
-        assert_eq!(state.allocated_count("p"), 19);
-        assert_eq!(state.first_unheld_from("p", address(0)), Some(address(4)));
+        assert_eq!(state.allocated_count("p"), Ok(19));
+        assert_eq!(state.first_unheld_from("p", address(0)), Ok(Some(address(4))));
     }
 
     #[test]
@@ -836,6 +847,6 @@ mod tests {
                 holder: a,
             }])
             .unwrap();
-        assert_eq!(state.first_unheld_from("p", top), None);
+        assert_eq!(state.first_unheld_from("p", top), Ok(None));
     }
 }

@@ -145,8 +145,6 @@ pub fn run_network_zones(state: &mut InMemoryState) -> Result<ScenarioOutcome, S
             pool: address.pool.clone(),
         });
     }
-    Ok(ScenarioOutcome {
-        pods,
-        pools: pool_rows(&catalog, state),
-    })
+    let Ok(pools) = pool_rows(&catalog, state);
+    Ok(ScenarioOutcome { pods, pools })
 }

@@ -398,34 +398,41 @@ impl Change {
 /// implements them with indexed queries instead of loading every allocation; the engine
 /// never asks for a whole pool on the allocation path. [`crate::InMemoryState`] is the
 /// in-memory implementation.
+///
+/// A query that cannot be answered fails with [`Self::Error`] rather than answering
+/// "nothing": the engine's functions pass the error on, typed, and never read a failure as a
+/// free address.
 pub trait AllocationState {
+    /// Why a query could not be answered (a database failure); `Infallible` in memory.
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// Who holds `address` in `pool`, if anyone.
-    fn holder(&self, pool: &str, address: IpAddr) -> Option<Holder>;
+    fn holder(&self, pool: &str, address: IpAddr) -> Result<Option<Holder>, Self::Error>;
 
     /// The lowest address at or after `from`, in `from`'s family, that nobody holds in `pool`;
     /// `None` when every address from `from` to the top of the family is held.
-    fn first_unheld_from(&self, pool: &str, from: IpAddr) -> Option<IpAddr>;
+    fn first_unheld_from(&self, pool: &str, from: IpAddr) -> Result<Option<IpAddr>, Self::Error>;
 
     /// How many addresses are held in `pool`.
-    fn allocated_count(&self, pool: &str) -> u64;
+    fn allocated_count(&self, pool: &str) -> Result<u64, Self::Error>;
 
     /// How many addresses of `range` are held in `pool`.
-    fn held_count_in(&self, pool: &str, range: IpRange) -> u128;
+    fn held_count_in(&self, pool: &str, range: IpRange) -> Result<u128, Self::Error>;
 
     /// The address most recently allocated in `pool`; the next search starts after it.
-    fn cursor(&self, pool: &str) -> Option<IpAddr>;
+    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>, Self::Error>;
 
     /// Every address `owner` holds, in any pool, in pool then address order.
-    fn held_by(&self, owner: &OwnerKey) -> Vec<HeldAddress>;
+    fn held_by(&self, owner: &OwnerKey) -> Result<Vec<HeldAddress>, Self::Error>;
 
     /// Every address held through the container (sandbox) `container_id`, in any pool: what a
     /// DEL that lost its pod identity still has to find. Not on the allocation path; an index
     /// answers it in a database, [`crate::InMemoryState`] scans.
-    fn held_by_container(&self, container_id: &str) -> Vec<HeldAddress>;
+    fn held_by_container(&self, container_id: &str) -> Result<Vec<HeldAddress>, Self::Error>;
 
     /// Every allocation of `pool`, in address order. Used for listings and status, not for
     /// allocation.
-    fn allocations(&self, pool: &str) -> Vec<(IpAddr, Holder)>;
+    fn allocations(&self, pool: &str) -> Result<Vec<(IpAddr, Holder)>, Self::Error>;
 }
 
 #[cfg(test)]

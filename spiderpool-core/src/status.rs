@@ -37,11 +37,11 @@ pub struct PoolUsage {
 /// let docs = parse_documents("{apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderIPPool,
 ///   metadata: {name: p}, spec: {subnet: 10.6.0.0/16, ips: [10.6.168.60-10.6.168.69]}}").unwrap();
 /// let catalog = PoolCatalog::from_documents(&docs);
-/// let usage = usage(catalog.pool("p").unwrap(), &InMemoryState::new());
+/// let Ok(usage) = usage(catalog.pool("p").unwrap(), &InMemoryState::new());
 /// assert_eq!((usage.total, usage.allocated, usage.free), (10, 0, 10));
 /// assert_eq!(usage.next_free, Some("10.6.168.60".parse().unwrap()));
 /// ```
-pub fn usage(pool: &Pool, state: &(impl AllocationState + ?Sized)) -> PoolUsage {
+pub fn usage<S: AllocationState + ?Sized>(pool: &Pool, state: &S) -> Result<PoolUsage, S::Error> {
     let version = pool.version();
     let family = IpSet::from_ranges(version, [IpRange::from_bounds(version, 0, version.max_value())])
         .expect("a family range is of its family");
@@ -49,16 +49,16 @@ pub fn usage(pool: &Pool, state: &(impl AllocationState + ?Sized)) -> PoolUsage 
         .difference(pool.allocatable())
         .ranges()
         .map(|range| state.held_count_in(pool.name(), range))
-        .sum();
-    let allocated = state.allocated_count(pool.name());
+        .sum::<Result<u128, S::Error>>()?;
+    let allocated = state.allocated_count(pool.name())?;
     let held_inside = u128::from(allocated).saturating_sub(held_outside);
-    PoolUsage {
+    Ok(PoolUsage {
         total: pool.total_count(),
         allocated,
         allocatable: pool.allocatable().len(),
         free: pool.allocatable().len().saturating_sub(held_inside),
-        next_free: next_free(state, pool),
-    }
+        next_free: next_free(state, pool)?,
+    })
 }
 
 /// One entry of Spiderpool's `status.allocatedIPs` JSON: who holds an address.
@@ -85,7 +85,7 @@ pub struct AllocationRecord {
 /// Spiderpool's `status` of a pool: `allocatedIPs` as JSON text (absent when nothing is
 /// allocated, as Spiderpool writes it), `allocatedIPCount`, and `totalIPCount` capped at
 /// `i64::MAX`.
-pub fn pool_status(pool: &Pool, state: &(impl AllocationState + ?Sized)) -> IPPoolStatus {
+pub fn pool_status<S: AllocationState + ?Sized>(pool: &Pool, state: &S) -> Result<IPPoolStatus, S::Error> {
     let total = i64::try_from(pool.total_count()).unwrap_or(i64::MAX);
     held_status(pool.name(), state, Some(total))
 }
@@ -93,13 +93,13 @@ pub fn pool_status(pool: &Pool, state: &(impl AllocationState + ?Sized)) -> IPPo
 /// The status `state` records for the pool named `pool`, with `totalIPCount` as given: what
 /// [`pool_status`] writes, also for a pool the engine refuses that still holds addresses (its
 /// total is then the one last written).
-pub fn held_status(
+pub fn held_status<S: AllocationState + ?Sized>(
     pool: &str,
-    state: &(impl AllocationState + ?Sized),
+    state: &S,
     total_ip_count: Option<i64>,
-) -> IPPoolStatus {
+) -> Result<IPPoolStatus, S::Error> {
     let records: BTreeMap<String, AllocationRecord> = state
-        .allocations(pool)
+        .allocations(pool)?
         .into_iter()
         .map(|(address, holder)| {
             let record = AllocationRecord {
@@ -114,13 +114,13 @@ pub fn held_status(
             (address.to_string(), record)
         })
         .collect();
-    IPPoolStatus {
+    Ok(IPPoolStatus {
         allocated_ip_count: Some(i64::try_from(records.len()).unwrap_or(i64::MAX)),
         allocated_ips: (!records.is_empty())
             .then(|| serde_json::to_string(&records).expect("records serialize to JSON")),
         total_ip_count,
-        last_allocated_ip: state.cursor(pool).map(|address| address.to_string()),
-    }
+        last_allocated_ip: state.cursor(pool)?.map(|address| address.to_string()),
+    })
 }
 
 /// The allocation state that pools' statuses record (`allocatedIPs` and `lastAllocatedIP`, as
@@ -135,9 +135,9 @@ pub fn held_status(
 ///     ..IPPoolStatus::default()
 /// };
 /// let state = state_from_statuses([("test-ippool-6", &status)]).unwrap();
-/// let held = state.held_by(&OwnerKey::Pod("u1".into()));
+/// let Ok(held) = state.held_by(&OwnerKey::Pod("u1".into()));
 /// assert_eq!(held[0].address.to_string(), "10.6.168.60");
-/// assert_eq!(state.cursor("test-ippool-6"), Some("10.6.168.60".parse().unwrap()));
+/// assert_eq!(state.cursor("test-ippool-6"), Ok(Some("10.6.168.60".parse().unwrap())));
 /// ```
 pub fn state_from_statuses<'a>(
     statuses: impl IntoIterator<Item = (&'a str, &'a IPPoolStatus)>,
@@ -261,41 +261,46 @@ pub struct PoolRow {
 }
 
 /// The rows of every pool of the catalog, by name; refused pools show what could be read.
-pub fn pool_rows(catalog: &PoolCatalog, state: &(impl AllocationState + ?Sized)) -> Vec<PoolRow> {
+pub fn pool_rows<S: AllocationState + ?Sized>(
+    catalog: &PoolCatalog,
+    state: &S,
+) -> Result<Vec<PoolRow>, S::Error> {
     catalog
         .entries()
-        .map(|(name, entry)| match entry {
-            CatalogEntry::Valid(pool) => {
-                let usage = usage(pool, state);
-                PoolRow {
-                    name: name.to_owned(),
-                    version: pool.version().number().to_string(),
-                    subnet: pool.subnet().to_string(),
-                    allocated: usage.allocated,
-                    total: usage.total,
-                    default: pool.is_default(),
-                    disable: pool.is_disabled(),
-                    free: usage.free,
-                    next_free: usage.next_free,
-                    invalid: None,
+        .map(|(name, entry)| {
+            Ok(match entry {
+                CatalogEntry::Valid(pool) => {
+                    let usage = usage(pool, state)?;
+                    PoolRow {
+                        name: name.to_owned(),
+                        version: pool.version().number().to_string(),
+                        subnet: pool.subnet().to_string(),
+                        allocated: usage.allocated,
+                        total: usage.total,
+                        default: pool.is_default(),
+                        disable: pool.is_disabled(),
+                        free: usage.free,
+                        next_free: usage.next_free,
+                        invalid: None,
+                    }
                 }
-            }
-            CatalogEntry::Invalid {
-                version,
-                default,
-                error,
-            } => PoolRow {
-                name: name.to_owned(),
-                version: version.map(|v| v.number().to_string()).unwrap_or_default(),
-                subnet: String::new(),
-                allocated: state.allocated_count(name),
-                total: 0,
-                default: *default,
-                disable: false,
-                free: 0,
-                next_free: None,
-                invalid: Some(error.to_string()),
-            },
+                CatalogEntry::Invalid {
+                    version,
+                    default,
+                    error,
+                } => PoolRow {
+                    name: name.to_owned(),
+                    version: version.map(|v| v.number().to_string()).unwrap_or_default(),
+                    subnet: String::new(),
+                    allocated: state.allocated_count(name)?,
+                    total: 0,
+                    default: *default,
+                    disable: false,
+                    free: 0,
+                    next_free: None,
+                    invalid: Some(error.to_string()),
+                },
+            })
         })
         .collect()
 }

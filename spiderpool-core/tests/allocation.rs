@@ -43,9 +43,10 @@ fn dual_stack_is_all_or_nothing() {
         "no pool can serve pod default/b on node n: eth0 IPv6: v6: full: 1 of 1 allocatable addresses in use; \
          free addresses, or add a pool that serves this node and name it"
     );
-    assert_eq!(state.allocated_count("v4"), 1);
+    assert_eq!(state.allocated_count("v4"), Ok(1));
     assert_eq!(
         next_free(&state, catalog.pool("v4").unwrap())
+            .unwrap()
             .unwrap()
             .to_string(),
         "10.6.0.11"
@@ -87,8 +88,8 @@ fn the_first_interface_allocates_every_listed_interface_at_once() {
 
     // Releasing every interface of the owner frees both.
     let owner = OwnerKey::Pod("uid-a".into());
-    state.apply(&release(&state, &owner, None)).unwrap();
-    assert!(state.held_by(&owner).is_empty());
+    state.apply(&release(&state, &owner, None).unwrap()).unwrap();
+    assert!(state.held_by(&owner).unwrap().is_empty());
 }
 
 #[test]
@@ -102,7 +103,7 @@ fn multi_interface_requests_are_all_or_nothing() {
     );
     let err = allocate(&catalog, &state, &multi_nic(pod("a", "n"))).unwrap_err();
     assert!(matches!(err, AllocateError::NoPoolAvailable(_)), "{err}");
-    assert_eq!(state.allocated_count("v4"), 0, "eth0 was not allocated alone");
+    assert_eq!(state.allocated_count("v4"), Ok(0), "eth0 was not allocated alone");
 }
 
 #[test]
@@ -153,7 +154,7 @@ fn without_a_pod_uid_the_container_id_identifies_the_allocation() {
     assert_eq!(attach(&catalog, &mut state, &request), ["v4 10.6.0.10"]);
     request.container_id = "c-2".into();
     assert_eq!(attach(&catalog, &mut state, &request), ["v4 10.6.0.11"]);
-    let holder = state.holder("v4", "10.6.0.11".parse().unwrap()).unwrap();
+    let holder = state.holder("v4", "10.6.0.11".parse().unwrap()).unwrap().unwrap();
     assert_eq!(holder.to_string(), "container c-2 (eth0)");
 }
 
@@ -185,13 +186,13 @@ fn releasing_twice_is_harmless_and_release_can_target_one_interface() {
     let mut state = InMemoryState::new();
     attach(&catalog, &mut state, &multi_nic(pod("a", "n")));
     let owner = OwnerKey::Pod("uid-a".into());
-    let changes = release(&state, &owner, Some("net1"));
+    let Ok(changes) = release(&state, &owner, Some("net1"));
     assert_eq!(changes.len(), 1);
     state.apply(&changes).unwrap();
-    assert_eq!(state.held_by(&owner).len(), 1);
-    assert!(release(&state, &owner, Some("net1")).is_empty());
-    state.apply(&release(&state, &owner, None)).unwrap();
-    assert!(release(&state, &owner, None).is_empty());
+    assert_eq!(state.held_by(&owner).unwrap().len(), 1);
+    assert!(release(&state, &owner, Some("net1")).unwrap().is_empty());
+    state.apply(&release(&state, &owner, None).unwrap()).unwrap();
+    assert!(release(&state, &owner, None).unwrap().is_empty());
 }
 
 #[test]
@@ -206,7 +207,7 @@ fn a_just_released_address_is_not_reused_at_once() {
         .collect();
     assert_eq!(got, ["p 10.6.0.10", "p 10.6.0.11"]);
     state
-        .apply(&release(&state, &OwnerKey::Pod("uid-a".into()), None))
+        .apply(&release(&state, &OwnerKey::Pod("uid-a".into()), None).unwrap())
         .unwrap();
     // The cursor moves on: 10.6.0.12, then 13, 14, and only then wraps to 10.6.0.10.
     let next: Vec<String> = ["c", "d", "e", "f"]
@@ -244,7 +245,7 @@ fn reserved_excluded_and_gateway_addresses_are_never_handed_out() {
             .contains("full: 3 of 3 allocatable addresses in use"),
         "{err}"
     );
-    let usage = usage(catalog.pool("p").unwrap(), &state);
+    let Ok(usage) = usage(catalog.pool("p").unwrap(), &state);
     assert_eq!(
         (usage.total, usage.allocatable, usage.allocated, usage.free),
         (4, 3, 3, 0)
@@ -292,10 +293,10 @@ fn huge_pools_are_ordinary() {
         &with_ippool(pod("a", "n"), r#"{"ipv4": ["v4-8"], "ipv6": ["v6-64"]}"#),
     );
     assert_eq!(addresses, ["v4-8 10.0.0.1", "v6-64 fd00::1"]);
-    let v6 = usage(catalog.pool("v6-64").unwrap(), &state);
+    let Ok(v6) = usage(catalog.pool("v6-64").unwrap(), &state);
     assert_eq!(v6.total, (1u128 << 64) - 1);
     assert_eq!(v6.free, (1u128 << 64) - 2);
-    let status = pool_status(catalog.pool("v6-64").unwrap(), &state);
+    let Ok(status) = pool_status(catalog.pool("v6-64").unwrap(), &state);
     assert_eq!(
         status.total_ip_count,
         Some(i64::MAX),
@@ -308,7 +309,7 @@ fn status_uses_spiderpools_allocated_ips_shape() {
     let pools = [pool("p", "{subnet: 10.6.0.0/16, ips: [10.6.168.60-10.6.168.69]}")];
     let catalog = catalog(&pools);
     let mut state = InMemoryState::new();
-    let empty = pool_status(catalog.pool("p").unwrap(), &state);
+    let Ok(empty) = pool_status(catalog.pool("p").unwrap(), &state);
     assert_eq!(
         (
             empty.allocated_ips,
@@ -322,7 +323,7 @@ fn status_uses_spiderpools_allocated_ips_shape() {
         &mut state,
         &with_ippool(pod("test-app-j9ftl", "n"), r#"{"ipv4": ["p"]}"#),
     );
-    let status = pool_status(catalog.pool("p").unwrap(), &state);
+    let Ok(status) = pool_status(catalog.pool("p").unwrap(), &state);
     let text = status.allocated_ips.unwrap();
     assert_eq!(
         text,
@@ -342,16 +343,16 @@ fn deleting_the_first_listed_interface_releases_every_listed_interface() {
     let mut net1 = request.clone();
     net1.interface = "net1".into();
     assert_eq!(
-        release_attachment(&state, &net1).len(),
+        release_attachment(&state, &net1).unwrap().len(),
         1,
         "a later interface releases itself"
     );
-    let changes = release_attachment(&state, &request);
+    let Ok(changes) = release_attachment(&state, &request);
     assert_eq!(changes.len(), 2, "the first interface releases the whole group");
     state.apply(&changes).unwrap();
-    assert!(state.held_by(&OwnerKey::Pod("uid-a".into())).is_empty());
+    assert!(state.held_by(&OwnerKey::Pod("uid-a".into())).unwrap().is_empty());
     assert!(
-        release_attachment(&state, &request).is_empty(),
+        release_attachment(&state, &request).unwrap().is_empty(),
         "a second DEL finds nothing"
     );
 }
@@ -372,13 +373,13 @@ fn a_new_sandbox_takes_the_records_over_and_the_old_one_cannot_release_them() {
             .iter()
             .all(|c| matches!(c, spiderpool_core::Change::Transfer { .. }))
     );
-    let cursor = state.cursor("v4");
+    let Ok(cursor) = state.cursor("v4");
     state.apply(&plan.changes).unwrap();
-    let holder = state.holder("v4", "10.6.0.10".parse().unwrap()).unwrap();
+    let holder = state.holder("v4", "10.6.0.10".parse().unwrap()).unwrap().unwrap();
     assert_eq!(holder.container_id(), "sandbox-2");
-    assert_eq!(state.cursor("v4"), cursor, "a transfer leaves the cursor");
-    assert!(release_attachment(&state, &old).is_empty());
-    assert_eq!(release_attachment(&state, &new).len(), 2);
+    assert_eq!(state.cursor("v4"), Ok(cursor), "a transfer leaves the cursor");
+    assert!(release_attachment(&state, &old).unwrap().is_empty());
+    assert_eq!(release_attachment(&state, &new).unwrap().len(), 2);
 }
 
 #[test]
@@ -397,6 +398,7 @@ fn garbage_collection_releases_attachments_that_are_no_longer_valid() {
     );
     let held = state
         .allocations("v4")
+        .unwrap()
         .into_iter()
         .map(|(address, holder)| spiderpool_core::HeldAddress {
             pool: "v4".into(),
@@ -407,8 +409,8 @@ fn garbage_collection_releases_attachments_that_are_no_longer_valid() {
     let changes = collect_garbage(held, &valid);
     assert_eq!(changes.len(), 1);
     state.apply(&changes).unwrap();
-    assert_eq!(state.held_by(&OwnerKey::Pod("uid-b".into())).len(), 0);
-    assert_eq!(state.held_by(&OwnerKey::Pod("uid-a".into())).len(), 1);
+    assert_eq!(state.held_by(&OwnerKey::Pod("uid-b".into())).unwrap().len(), 0);
+    assert_eq!(state.held_by(&OwnerKey::Pod("uid-a".into())).unwrap().len(), 1);
 }
 
 #[test]
@@ -418,12 +420,16 @@ fn a_del_without_pod_identity_still_releases_what_its_container_holds() {
     let request = with_ippool(pod("a", "n"), DUAL);
     attach(&catalog, &mut state, &request);
     let bare = Request::new(request.container_id.clone(), "eth0");
-    let changes = release_attachment(&state, &bare);
+    let Ok(changes) = release_attachment(&state, &bare);
     assert_eq!(changes.len(), 2, "found through the container");
     // Another container's bare DEL finds nothing.
-    assert!(release_attachment(&state, &Request::new("someone-else", "eth0")).is_empty());
+    assert!(
+        release_attachment(&state, &Request::new("someone-else", "eth0"))
+            .unwrap()
+            .is_empty()
+    );
     state.apply(&changes).unwrap();
-    assert!(state.held_by(&OwnerKey::Pod("uid-a".into())).is_empty());
+    assert!(state.held_by(&OwnerKey::Pod("uid-a".into())).unwrap().is_empty());
 }
 
 #[test]
@@ -442,4 +448,160 @@ fn a_retry_whose_pool_became_invalid_names_the_violation() {
             .contains("spec.gateway: 10.9.0.1 is outside subnet 10.6.0.0/16"),
         "{err}"
     );
+}
+
+/// What a database answers when it cannot read: the error a [`Failing`] state returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DiskError;
+
+impl std::fmt::Display for DiskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("disk I/O error")
+    }
+}
+
+impl std::error::Error for DiskError {}
+
+/// The in-memory state, except that the query named `broken` fails, as a database's can.
+struct Failing {
+    state: InMemoryState,
+    broken: &'static str,
+}
+
+impl Failing {
+    fn query(&self, name: &str) -> Result<(), DiskError> {
+        if name == self.broken {
+            Err(DiskError)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl AllocationState for Failing {
+    type Error = DiskError;
+
+    fn holder(
+        &self,
+        pool: &str,
+        address: std::net::IpAddr,
+    ) -> Result<Option<spiderpool_core::Holder>, DiskError> {
+        self.query("holder")?;
+        let Ok(holder) = self.state.holder(pool, address);
+        Ok(holder)
+    }
+
+    fn first_unheld_from(
+        &self,
+        pool: &str,
+        from: std::net::IpAddr,
+    ) -> Result<Option<std::net::IpAddr>, DiskError> {
+        self.query("first_unheld_from")?;
+        let Ok(unheld) = self.state.first_unheld_from(pool, from);
+        Ok(unheld)
+    }
+
+    fn allocated_count(&self, pool: &str) -> Result<u64, DiskError> {
+        self.query("allocated_count")?;
+        let Ok(count) = self.state.allocated_count(pool);
+        Ok(count)
+    }
+
+    fn held_count_in(&self, pool: &str, range: spiderpool_core::IpRange) -> Result<u128, DiskError> {
+        self.query("held_count_in")?;
+        let Ok(count) = self.state.held_count_in(pool, range);
+        Ok(count)
+    }
+
+    fn cursor(&self, pool: &str) -> Result<Option<std::net::IpAddr>, DiskError> {
+        self.query("cursor")?;
+        let Ok(cursor) = self.state.cursor(pool);
+        Ok(cursor)
+    }
+
+    fn held_by(&self, owner: &OwnerKey) -> Result<Vec<spiderpool_core::HeldAddress>, DiskError> {
+        self.query("held_by")?;
+        let Ok(held) = self.state.held_by(owner);
+        Ok(held)
+    }
+
+    fn held_by_container(&self, container_id: &str) -> Result<Vec<spiderpool_core::HeldAddress>, DiskError> {
+        self.query("held_by_container")?;
+        let Ok(held) = self.state.held_by_container(container_id);
+        Ok(held)
+    }
+
+    fn allocations(&self, pool: &str) -> Result<Vec<(std::net::IpAddr, spiderpool_core::Holder)>, DiskError> {
+        self.query("allocations")?;
+        let Ok(allocations) = self.state.allocations(pool);
+        Ok(allocations)
+    }
+}
+
+#[test]
+fn a_failed_read_of_the_state_is_an_error_never_a_free_address() {
+    let catalog = catalog(&[pool("v4", "{subnet: 10.6.0.0/16, ips: [10.6.0.10]}")]);
+    let mut state = InMemoryState::new();
+    let request = with_ippool(pod("a", "n"), r#"{"ipv4": ["v4"]}"#);
+    let other = with_ippool(pod("b", "n"), r#"{"ipv4": ["v4"]}"#);
+    // Each query on the path of an allocation: the owner's holdings, the cursor, the search.
+    for broken in ["held_by", "cursor", "first_unheld_from"] {
+        let failing = Failing {
+            state: state.clone(),
+            broken,
+        };
+        let err = allocate(&catalog, &failing, &request).unwrap_err();
+        assert_eq!(err, AllocateError::State(DiskError), "{broken}");
+        assert_eq!(
+            err.to_string(),
+            "reading the allocation state failed: disk I/O error"
+        );
+        let source = std::error::Error::source(&err).expect("the state's error is the source");
+        assert_eq!(source.to_string(), "disk I/O error");
+        let explanation = spiderpool_core::explain(&catalog, &failing, &request);
+        assert_eq!(
+            explanation.outcome,
+            Err(AllocateError::State(DiskError)),
+            "{broken}"
+        );
+    }
+    attach(&catalog, &mut state, &request);
+    // The pool is full now: its count is read to say so.
+    let failing = Failing {
+        state: state.clone(),
+        broken: "allocated_count",
+    };
+    assert_eq!(
+        allocate(&catalog, &failing, &other),
+        Err(AllocateError::State(DiskError))
+    );
+    let pool = catalog.pool("v4").unwrap();
+    assert_eq!(usage(pool, &failing), Err(DiskError));
+    assert_eq!(spiderpool_core::pool_rows(&catalog, &failing), Err(DiskError));
+    // A replay's explanation evaluates the candidates too.
+    let failing = Failing {
+        state: state.clone(),
+        broken: "first_unheld_from",
+    };
+    assert!(allocate(&catalog, &failing, &request).unwrap().is_replay());
+    assert_eq!(
+        spiderpool_core::explain(&catalog, &failing, &request).outcome,
+        Err(AllocateError::State(DiskError))
+    );
+    assert_eq!(next_free(&failing, pool), Err(DiskError));
+    // Releases read what is held.
+    let failing = Failing {
+        state: state.clone(),
+        broken: "held_by",
+    };
+    assert_eq!(
+        release(&failing, &OwnerKey::Pod("uid-a".into()), None),
+        Err(DiskError)
+    );
+    assert_eq!(release_attachment(&failing, &request), Err(DiskError));
+    let failing = Failing {
+        state,
+        broken: "allocations",
+    };
+    assert_eq!(pool_status(pool, &failing), Err(DiskError));
 }

@@ -89,7 +89,7 @@ fn a_zone_that_is_full_fails_with_every_candidate_and_reason() {
     );
     // Releasing one address makes room again.
     let owner = spiderpool_core::OwnerKey::Pod("uid-3".into());
-    state.apply(&release(&state, &owner, None)).unwrap();
+    state.apply(&release(&state, &owner, None).unwrap()).unwrap();
     assert_eq!(
         allocate(&catalog, &state, &template).unwrap().interfaces[0].addresses[0]
             .address
