@@ -479,7 +479,8 @@ impl FilledPool {
     /// rewritten; no holder is cloned). Returns the address, or `None` when the pool is full.
     #[inline]
     pub fn allocate_release(&mut self) -> Option<IpAddr> {
-        let address = next_free(&self.state, &self.pool)?;
+        let Ok(address) = next_free(&self.state, &self.pool);
+        let address = address?;
         for change in self.allocate_change.iter_mut().chain(&mut self.release_change) {
             match change {
                 Change::Allocate { address: slot, .. }
@@ -503,7 +504,7 @@ impl FilledPool {
         let plan = allocate(&self.catalog, &self.state, &self.request)?;
         self.state.apply(&plan.changes).expect("a fresh plan applies");
         let address = plan.changes[0].address();
-        let changes = release(&self.state, &self.owner, None);
+        let Ok(changes) = release(&self.state, &self.owner, None);
         self.state.apply(&changes).expect("a fresh release applies");
         self.keep_in_window(address);
         Ok(address)
@@ -607,7 +608,8 @@ pub fn zoned_request(glob: bool) -> (Request, &'static str) {
 
 /// Whether `state` holds `address` in the benchmark pool (a convenience for checks).
 pub fn is_held(state: &InMemoryState, address: IpAddr) -> bool {
-    state.holder(POOL_NAME, address).is_some()
+    let Ok(holder) = state.holder(POOL_NAME, address);
+    holder.is_some()
 }
 
 #[cfg(test)]
@@ -636,18 +638,18 @@ mod tests {
         let mut seen = Vec::new();
         let mut pool = FilledPool::build_with(shape, 50, DEFAULT_WINDOW, 3, |a| seen.push(a));
         assert_eq!(pool.held, 127); // 253 * 0.5, rounded
-        assert_eq!(pool.state.allocated_count(POOL_NAME), 127);
+        assert_eq!(pool.state.allocated_count(POOL_NAME), Ok(127));
         assert_eq!(seen.len(), 126);
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(pool.state.cursor(POOL_NAME), pool.anchor());
+        assert_eq!(pool.state.cursor(POOL_NAME), Ok(pool.anchor()));
         assert_eq!(pool.anchor(), Some("10.0.0.2".parse().unwrap()));
         for _ in 0..1000 {
             let address = pool.allocate_release().unwrap();
             assert!(!is_held(&pool.state, address));
         }
-        assert_eq!(pool.state.allocated_count(POOL_NAME), 127);
+        assert_eq!(pool.state.allocated_count(POOL_NAME), Ok(127));
         pool.request_allocate_release().unwrap();
-        assert_eq!(pool.state.allocated_count(POOL_NAME), 127);
+        assert_eq!(pool.state.allocated_count(POOL_NAME), Ok(127));
     }
 
     #[test]
@@ -663,7 +665,8 @@ mod tests {
             assert!(to_u128(request) <= pool.window.1 + 1000);
         }
         // After leaving the window the cursor is back at the anchor.
-        let cursor = pool.state.cursor(POOL_NAME).unwrap();
+        let Ok(cursor) = pool.state.cursor(POOL_NAME);
+        let cursor = cursor.unwrap();
         assert!(pool.window_contains(cursor), "{cursor}");
     }
 

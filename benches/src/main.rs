@@ -307,7 +307,7 @@ fn throughput(options: &Throughput) -> Result<(), String> {
                 Level::Pool => {
                     let holder = ids.holder();
                     let start = Instant::now();
-                    let address = next_free(&fixture.state, &fixture.pool);
+                    let Ok(address) = next_free(&fixture.state, &fixture.pool);
                     if let Some(address) = address {
                         let change = [Change::Allocate {
                             pool: POOL_NAME.into(),
@@ -336,14 +336,12 @@ fn throughput(options: &Throughput) -> Result<(), String> {
             }
             let value = held.swap_remove(ids.index(held.len()));
             let address = from_u128(version, value);
-            let holder = fixture
-                .state
-                .holder(POOL_NAME, address)
-                .ok_or_else(|| format!("{address} should be held"))?;
+            let Ok(holder) = fixture.state.holder(POOL_NAME, address);
+            let holder = holder.ok_or_else(|| format!("{address} should be held"))?;
             let elapsed = match options.level {
                 Level::Request => {
                     let start = Instant::now();
-                    let changes = release(&fixture.state, &holder.owner(), None);
+                    let Ok(changes) = release(&fixture.state, &holder.owner(), None);
                     fixture.state.apply(&changes).map_err(|e| e.to_string())?;
                     start.elapsed()
                 }
@@ -393,10 +391,10 @@ fn throughput(options: &Throughput) -> Result<(), String> {
             );
         }
     }
+    let Ok(held_at_end) = fixture.state.allocated_count(POOL_NAME);
     println!(
         "outcome:     {full} allocations found the pool full, {empty} releases found nothing held; \
-         {} addresses held at the end",
-        fixture.state.allocated_count(POOL_NAME)
+         {held_at_end} addresses held at the end"
     );
     Ok(())
 }
@@ -495,7 +493,7 @@ fn measure(shape: PoolShape, placement: Placement, options: &Memory) -> Heap {
             Heap::now().since(before)
         }
     };
-    assert_eq!(state.allocated_count(POOL_NAME), options.allocations);
+    assert_eq!(state.allocated_count(POOL_NAME), Ok(options.allocations));
     fixture.state = state;
     heap
 }

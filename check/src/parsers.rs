@@ -284,7 +284,7 @@ pub fn check_documents_text(text: &str) -> Result<(), Failure> {
         }
     }
     let mut state = InMemoryState::new();
-    let rows = pool_rows(&catalog, &state);
+    let Ok(rows) = pool_rows(&catalog, &state);
     ensure(CHECK, text, rows.len() == catalog.entries().count(), || {
         "a pool lacks a row".into()
     })?;
@@ -335,28 +335,29 @@ pub fn check_documents_text(text: &str) -> Result<(), Failure> {
         )?;
     }
     for pool in &pools {
-        let used = usage(pool, &state);
+        let Ok(used) = usage(pool, &state);
         ensure(
             CHECK,
             text,
             u128::from(used.allocated) + used.free == used.allocatable,
             || format!("pool {}: {used:?}", pool.name()),
         )?;
-        let next = next_free(&state, pool);
+        let Ok(next) = next_free(&state, pool);
         ensure(
             CHECK,
             text,
-            next.is_none_or(|a| pool.allocatable().contains(a) && state.holder(pool.name(), a).is_none()),
+            next.is_none_or(|a| pool.allocatable().contains(a) && state.holder(pool.name(), a) == Ok(None)),
             || format!("pool {}: next free {next:?} is not free", pool.name()),
         )?;
-        let status = pool_status(pool, &state);
+        let Ok(status) = pool_status(pool, &state);
         let records = status.allocated_ips.as_deref().map(parse_allocated_ips);
         let count = records.as_ref().map_or(Ok(0), |r| r.as_ref().map(|m| m.len()));
         ensure(CHECK, text, count == Ok(used.allocated as usize), || {
             format!("pool {}: status {status:?}", pool.name())
         })?;
     }
-    let _ = render_pool_table(&pool_rows(&catalog, &state), false);
+    let Ok(rows) = pool_rows(&catalog, &state);
+    let _ = render_pool_table(&rows, false);
     for (name, entry) in catalog.entries() {
         if let CatalogEntry::Invalid { error, .. } = entry {
             ensure(CHECK, text, error.name == name || name.is_empty(), || {

@@ -124,7 +124,7 @@ impl<'a> Driver<'a> {
                 )
             }
             Action::Release(who, interface) => {
-                let changes = release(&self.state, &who.owner(), interface.map(Nic::name));
+                let Ok(changes) = release(&self.state, &who.owner(), interface.map(Nic::name));
                 let applied = self.state.apply(&changes);
                 (
                     Event::Released {
@@ -317,7 +317,7 @@ pub fn check_state(scenario: &Scenario, state: &InMemoryState, model: &Model) ->
             .catalog
             .pool(name)
             .ok_or_else(|| format!("pool {name} is not in the catalog"))?;
-        let held = state.allocations(name);
+        let Ok(held) = state.allocations(name);
         let expected: Vec<_> = model
             .held
             .range((index, IpAddr::V4(0.into()))..)
@@ -336,21 +336,22 @@ pub fn check_state(scenario: &Scenario, state: &InMemoryState, model: &Model) ->
             }
             owners.insert(holder.owner());
         }
-        if state.cursor(name) != model.cursors.get(&index).copied() {
+        let Ok(cursor) = state.cursor(name);
+        if cursor != model.cursors.get(&index).copied() {
             return Err(format!(
                 "pool {name}: cursor {:?}, the model's {:?}",
-                state.cursor(name),
+                cursor,
                 model.cursors.get(&index)
             ));
         }
-        let next = next_free(state, pool);
+        let Ok(next) = next_free(state, pool);
         let model_next = model.next_free(scenario, index, &[]);
         if next != model_next {
             return Err(format!(
                 "pool {name}: next free {next:?}, the model's {model_next:?}"
             ));
         }
-        let used = usage(pool, state);
+        let Ok(used) = usage(pool, state);
         let allocated = held.len() as u128;
         let allocatable = facts
             .listed
@@ -368,7 +369,7 @@ pub fn check_state(scenario: &Scenario, state: &InMemoryState, model: &Model) ->
                 "pool {name}: usage {used:?}, expected total {total}, allocatable {allocatable}, allocated {allocated}"
             ));
         }
-        let status = pool_status(pool, state);
+        let Ok(status) = pool_status(pool, state);
         if status.allocated_ip_count != Some(allocated as i64) || status.total_ip_count != Some(total as i64)
         {
             return Err(format!("pool {name}: status {status:?}"));
@@ -399,11 +400,8 @@ pub fn check_state(scenario: &Scenario, state: &InMemoryState, model: &Model) ->
         }
     }
     for owner in owners {
-        let got: Vec<_> = state
-            .held_by(&owner)
-            .into_iter()
-            .map(|h| (h.pool, h.address, h.holder))
-            .collect();
+        let Ok(got) = state.held_by(&owner);
+        let got: Vec<_> = got.into_iter().map(|h| (h.pool, h.address, h.holder)).collect();
         let mut expected: Vec<_> = model
             .held_by(&owner)
             .into_iter()

@@ -26,11 +26,10 @@ fn snapshot(scenario: &Scenario, state: &InMemoryState) -> Snapshot {
         .iter()
         .map(|facts| {
             let pool = scenario.catalog.pool(facts.name).expect("scenario pool");
-            (
-                state.allocations(facts.name),
-                state.cursor(facts.name),
-                next_free(state, pool),
-            )
+            let Ok(allocations) = state.allocations(facts.name);
+            let Ok(cursor) = state.cursor(facts.name);
+            let Ok(next) = next_free(state, pool);
+            (allocations, cursor, next)
         })
         .collect()
 }
@@ -73,7 +72,8 @@ proptest! {
         drive(&shape, &ops, |driver, step| {
             let mut seen = BTreeSet::new();
             for facts in &driver.scenario.pools {
-                for (address, _) in driver.state.allocations(facts.name) {
+                let Ok(held) = driver.state.allocations(facts.name);
+                for (address, _) in held {
                     prop_assert!(seen.insert(address), "{} is held twice", address);
                 }
             }
@@ -82,7 +82,7 @@ proptest! {
                 for change in &plan.changes {
                     prop_assert!(planned.insert(change.address()), "a plan hands out {} twice", change.address());
                     // A new allocation takes a free address; a transfer moves one the pod holds.
-                    let before = step.before.holder(change.pool(), change.address());
+                    let Ok(before) = step.before.holder(change.pool(), change.address());
                     prop_assert_eq!(before.as_ref(), change.holder_before());
                 }
             }
@@ -125,15 +125,16 @@ proptest! {
             let scenario = driver.scenario;
             for facts in &scenario.pools {
                 let pool = scenario.catalog.pool(facts.name).expect("scenario pool");
-                let used = usage(pool, &driver.state);
+                let Ok(used) = usage(pool, &driver.state);
                 let listed = facts.listed.len() as u128;
                 let allocatable = facts.listed.difference(&scenario.reserved).count() as u128;
                 prop_assert_eq!(used.total, listed, "total of {}", facts.name);
                 prop_assert_eq!(used.allocatable, allocatable, "allocatable of {}", facts.name);
                 prop_assert_eq!(u128::from(used.allocated) + used.free, used.allocatable, "{}: {:?}", facts.name, used);
-                prop_assert_eq!(used.allocated as usize, driver.state.allocations(facts.name).len());
+                let Ok(held) = driver.state.allocations(facts.name);
+                prop_assert_eq!(used.allocated as usize, held.len());
                 prop_assert_eq!(used.next_free.is_none(), used.free == 0, "{}: {:?}", facts.name, used);
-                let status = pool_status(pool, &driver.state);
+                let Ok(status) = pool_status(pool, &driver.state);
                 prop_assert_eq!(status.allocated_ip_count, Some(used.allocated as i64));
                 prop_assert_eq!(status.total_ip_count, Some(listed as i64));
             }
@@ -153,7 +154,8 @@ proptest! {
                 .iter()
                 .map(|facts| {
                     let pool = scenario.catalog.pool(facts.name).expect("scenario pool");
-                    (facts.name, pool_status(pool, &driver.state))
+                    let Ok(status) = pool_status(pool, &driver.state);
+                    (facts.name, status)
                 })
                 .collect();
             let read = state_from_statuses(statuses.iter().map(|(name, status)| (*name, status)))
@@ -278,7 +280,7 @@ proptest! {
                 let candidates = Model::expand(&scenario, &written, trial.version);
                 let has_room = |name: &str| {
                     let (_, facts) = scenario.pool(name).expect("pool");
-                    facts.allowed.iter().any(|a| before.holder(name, *a).is_none() && !taken.contains(&(name.to_string(), *a)))
+                    facts.allowed.iter().any(|a| before.holder(name, *a) == Ok(None) && !taken.contains(&(name.to_string(), *a)))
                 };
                 let first = candidates.iter().position(|name| {
                     scenario.pool(name).is_some_and(|(_, facts)| {
@@ -318,9 +320,8 @@ proptest! {
             let scenario = driver.scenario;
             // The model only reads what the request asks for here.
             let Ok(selection) = Model::new().select(scenario, ask) else { return Ok(()) };
-            let held_before: BTreeSet<String> = step
-                .before
-                .held_by(&ask.who.owner())
+            let Ok(held_before) = step.before.held_by(&ask.who.owner());
+            let held_before: BTreeSet<String> = held_before
                 .into_iter()
                 .map(|h| h.holder.interface())
                 .collect();
@@ -389,10 +390,10 @@ proptest! {
         let first = first.expect("checked");
         let taken = first.interfaces[0].addresses[0].address;
         state.apply(&first.changes).expect("plan applies");
-        let freed = release(&state, &OwnerKey::Container("leaving".into()), None);
+        let Ok(freed) = release(&state, &OwnerKey::Container("leaving".into()), None);
         prop_assert_eq!(freed.len(), 1);
         state.apply(&freed).expect("release applies");
-        let free = facts.allowed.iter().filter(|a| state.holder(facts.name, **a).is_none()).count();
+        let free = facts.allowed.iter().filter(|a| state.holder(facts.name, **a) == Ok(None)).count();
         let next = allocate(&scenario.catalog, &state, &request("arriving")).expect("the address is free again");
         let given = next.interfaces[0].addresses[0].address;
         if free > 1 {
@@ -615,7 +616,10 @@ fn pools_of_the_scenario_fill_up_and_requests_are_refused() {
     );
     // The IPv4 half found room in v4-shared, and took nothing there.
     assert!(!error.to_string().contains("eth0 IPv4"), "{error}");
-    let held = |name: &str| driver.state.allocations(name).len();
+    let held = |name: &str| {
+        let Ok(held) = driver.state.allocations(name);
+        held.len()
+    };
     assert_eq!(
         (held("v4-zone-b"), held("v6-zone-b"), held("v4-shared")),
         (3, 3, 0)
@@ -647,7 +651,7 @@ fn explaining_a_multi_interface_request_keeps_the_held_interface() {
     let mut state = InMemoryState::new();
     let both = allocate(&scenario.catalog, &state, &request).expect("both interfaces");
     state.apply(&both.changes).expect("applies");
-    let eth0 = release(&state, &who.owner(), Some("eth0"));
+    let Ok(eth0) = release(&state, &who.owner(), Some("eth0"));
     state.apply(&eth0).expect("applies");
     let again = allocate(&scenario.catalog, &state, &request).expect("eth0 again");
     assert_eq!(

@@ -202,7 +202,8 @@ async fn handle(call: AgentCall, store: &ClusterStore, batcher: &Batcher) -> Age
         AgentCall::Held { request } => match store.state().await {
             Ok((_, state)) => {
                 let request = request.to_request();
-                let held = attachment_addresses(&state, &request, std::slice::from_ref(&request.interface));
+                let Ok(held) =
+                    attachment_addresses(&state, &request, std::slice::from_ref(&request.interface));
                 AgentAnswer::Done(held.iter().map(|h| h.address.to_string()).collect())
             }
             Err(error) => cni_error(error).into(),

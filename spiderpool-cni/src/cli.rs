@@ -2,6 +2,7 @@
 //! the network-zones demo.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,14 +10,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use serde_json::Value;
 use spiderpool_core::{
-    AllocationState, Attachment, CandidateSource, InMemoryState, PoolCatalog, PoolRow, Request, Verdict,
-    explain, pool_rows, render_pool_table, render_table,
+    AllocateError, AllocationState, Attachment, CandidateSource, HeldAddress, Holder, InMemoryState, IpRange,
+    OwnerKey, PoolCatalog, PoolRow, Request, Verdict, explain, pool_rows, render_pool_table, render_table,
 };
 
 use crate::cni::IpamConfig;
 use crate::plugin::DEFAULT_DATA_DIR;
 use crate::pools::load_catalog;
-use crate::store::{STATE_FILE, Store, Transaction};
+use crate::store::{STATE_FILE, Store, StoreError, Transaction};
 
 /// `spiderpool`: without `CNI_COMMAND`, the command-line tool of the spiderpool IPAM.
 #[derive(Debug, Parser)]
@@ -308,7 +309,7 @@ pub fn run(cli: &Cli) -> Result<String, CliError> {
 /// the store).
 fn with_state<T>(
     settings: &Settings,
-    work: impl FnOnce(&dyn AllocationState, Vec<String>) -> Result<T, CliError>,
+    work: impl FnOnce(&dyn AllocationState<Error = StoreError>, Vec<String>) -> Result<T, CliError>,
 ) -> Result<T, CliError> {
     let dir = settings
         .ipam
@@ -316,13 +317,61 @@ fn with_state<T>(
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     if !dir.join(STATE_FILE).exists() {
-        return work(&InMemoryState::new(), Vec::new());
+        return work(&NoStore(InMemoryState::new()), Vec::new());
     }
     let mut store = Store::open(&dir, Duration::from_secs(10)).map_err(fail)?;
     store.read(|transaction: &Transaction<'_>| {
         let stored = transaction.pool_names().map_err(fail)?;
         work(transaction, stored)
     })
+}
+
+/// The state of a data directory without a store: an empty in-memory state, whose queries
+/// cannot fail, read as the store is (with its error type).
+struct NoStore(InMemoryState);
+
+impl AllocationState for NoStore {
+    type Error = StoreError;
+
+    fn holder(&self, pool: &str, address: IpAddr) -> Result<Option<Holder>, StoreError> {
+        let Ok(holder) = self.0.holder(pool, address);
+        Ok(holder)
+    }
+
+    fn first_unheld_from(&self, pool: &str, from: IpAddr) -> Result<Option<IpAddr>, StoreError> {
+        let Ok(unheld) = self.0.first_unheld_from(pool, from);
+        Ok(unheld)
+    }
+
+    fn allocated_count(&self, pool: &str) -> Result<u64, StoreError> {
+        let Ok(count) = self.0.allocated_count(pool);
+        Ok(count)
+    }
+
+    fn held_count_in(&self, pool: &str, range: IpRange) -> Result<u128, StoreError> {
+        let Ok(count) = self.0.held_count_in(pool, range);
+        Ok(count)
+    }
+
+    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>, StoreError> {
+        let Ok(cursor) = self.0.cursor(pool);
+        Ok(cursor)
+    }
+
+    fn held_by(&self, owner: &OwnerKey) -> Result<Vec<HeldAddress>, StoreError> {
+        let Ok(held) = self.0.held_by(owner);
+        Ok(held)
+    }
+
+    fn held_by_container(&self, container_id: &str) -> Result<Vec<HeldAddress>, StoreError> {
+        let Ok(held) = self.0.held_by_container(container_id);
+        Ok(held)
+    }
+
+    fn allocations(&self, pool: &str) -> Result<Vec<(IpAddr, Holder)>, StoreError> {
+        let Ok(allocations) = self.0.allocations(pool);
+        Ok(allocations)
+    }
 }
 
 impl From<crate::store::StoreError> for CliError {
@@ -332,10 +381,14 @@ impl From<crate::store::StoreError> for CliError {
 }
 
 /// Rows of every pool of the files, and of pools removed from them that still hold addresses.
-fn all_rows(catalog: &PoolCatalog, state: &dyn AllocationState, stored: &[String]) -> Vec<PoolRow> {
-    let mut rows = pool_rows(catalog, state);
+fn all_rows(
+    catalog: &PoolCatalog,
+    state: &dyn AllocationState<Error = StoreError>,
+    stored: &[String],
+) -> Result<Vec<PoolRow>, StoreError> {
+    let mut rows = pool_rows(catalog, state)?;
     for name in stored {
-        let allocated = state.allocated_count(name);
+        let allocated = state.allocated_count(name)?;
         if allocated > 0 && catalog.get(name).is_none() {
             rows.push(PoolRow {
                 name: name.clone(),
@@ -354,7 +407,7 @@ fn all_rows(catalog: &PoolCatalog, state: &dyn AllocationState, stored: &[String
         }
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name));
-    rows
+    Ok(rows)
 }
 
 #[derive(Serialize)]
@@ -386,7 +439,7 @@ fn list(cli: &Cli) -> Result<String, CliError> {
     let settings = cli.settings()?;
     let catalog = load_catalog(&settings.ipam, None).map_err(fail)?;
     with_state(&settings, |state, stored| {
-        let rows = all_rows(&catalog, state, &stored);
+        let rows = all_rows(&catalog, state, &stored)?;
         match cli.output {
             Format::Table | Format::Wide => {
                 let mut text = render_pool_table(&rows, cli.output == Format::Wide);
@@ -439,7 +492,7 @@ fn show(cli: &Cli, name: &str) -> Result<String, CliError> {
             )));
         }
         let views: Vec<AllocationView> = state
-            .allocations(name)
+            .allocations(name)?
             .into_iter()
             .map(|(address, holder)| AllocationView {
                 address: address.to_string(),
@@ -539,6 +592,10 @@ fn explain_command(cli: &Cli, args: &ExplainArgs) -> Result<String, CliError> {
     let request = explain_request(&settings, args);
     with_state(&settings, |state, _| {
         let explanation = explain(&catalog, state, &request);
+        // A failed read of the store fails the command: the verdicts would be incomplete.
+        if let Err(AllocateError::State(error)) = explanation.outcome {
+            return Err(error.into());
+        }
         let candidates: Vec<CandidateView> = explanation
             .trials
             .iter()

@@ -203,6 +203,14 @@ impl CniError {
     }
 }
 
+/// What cannot happen maps to no CNI error: lets a refusal over the in-memory state (whose
+/// queries cannot fail) and one over the store share one mapping.
+impl From<std::convert::Infallible> for CniError {
+    fn from(never: std::convert::Infallible) -> CniError {
+        match never {}
+    }
+}
+
 /// `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CniArgs(Vec<(String, String)>);

@@ -130,8 +130,12 @@ impl From<ApplyFailure> for CniError {
     }
 }
 
-/// The CNI error for an engine refusal.
-pub(crate) fn refusal(error: AllocateError) -> CniError {
+/// The CNI error for an engine refusal; a failed read of the state keeps the code its own
+/// error maps to (a busy store is 11, try again later).
+pub(crate) fn refusal<E: std::fmt::Display>(error: AllocateError<E>) -> CniError
+where
+    CniError: From<E>,
+{
     match error {
         AllocateError::NoPoolAvailable(unavailable) => {
             let details: Vec<String> = unavailable.failed.iter().map(ToString::to_string).collect();
@@ -154,6 +158,7 @@ pub(crate) fn refusal(error: AllocateError) -> CniError {
             ),
             error.to_string(),
         ),
+        AllocateError::State(error) => CniError::from(error),
         other => CniError::invalid_config(other.to_string(), ""),
     }
 }
@@ -248,7 +253,7 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
         let request = self.request()?;
         let mut store = self.open()?;
         store.write(|transaction| {
-            let changes = release_attachment(transaction, &request);
+            let changes = release_attachment(transaction, &request)?;
             transaction.apply(&changes, &self.config.name)?;
             Ok::<_, CniError>(())
         })
@@ -281,7 +286,7 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
         if let Some(kubeconfig) = &self.ipam.kubeconfig {
             let request = self.cluster_request()?;
             let (_, state) = crate::cluster::run(kubeconfig, |store| async move { store.state().await })?;
-            let held = attachment_addresses(&state, &request, std::slice::from_ref(&request.interface));
+            let Ok(held) = attachment_addresses(&state, &request, std::slice::from_ref(&request.interface));
             return compare_with_prev_result(
                 &request,
                 held.into_iter().map(|h| h.address).collect(),
@@ -292,7 +297,7 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
         let held: BTreeSet<IpAddr> = store.read(|transaction| {
             let interfaces = [request.interface.clone()];
             Ok::<_, CniError>(
-                attachment_addresses(transaction, &request, &interfaces)
+                attachment_addresses(transaction, &request, &interfaces)?
                     .into_iter()
                     .map(|held| held.address)
                     .collect(),
@@ -357,7 +362,11 @@ impl<V: Fn(&str) -> Option<String>> Call<'_, V> {
                     "add SpiderIPPool objects to ippools_path",
                 ));
             }
-            if pools.iter().all(|pool| next_free(transaction, pool).is_none()) {
+            // The first pool with a free address, or the first failed read.
+            let free = pools
+                .iter()
+                .find_map(|pool| next_free(transaction, pool).transpose());
+            if free.transpose()?.is_none() {
                 return Err(CniError::new(
                     codes::NOT_AVAILABLE,
                     "every IP pool is full",

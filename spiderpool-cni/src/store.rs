@@ -6,7 +6,6 @@
 //! journal kept between calls, `synchronous=FULL`) before answering. A kill at any point
 //! leaves either the old state or the new one.
 
-use std::cell::RefCell;
 use std::fs;
 use std::io::Read;
 use std::net::IpAddr;
@@ -375,11 +374,7 @@ impl Store {
     ) -> Result<T, E> {
         let _writers = self.lock_writers()?;
         let view = self.begin(TransactionBehavior::Immediate)?;
-        let outcome = work(&view);
-        // A failed query answered the engine with "nothing": report the failure, not what the
-        // engine made of it.
-        view.take_failure()?;
-        let outcome = outcome?;
+        let outcome = work(&view)?;
         let (path, busy_wait) = (view.path, view.busy_wait);
         view.transaction
             .commit()
@@ -393,9 +388,7 @@ impl Store {
         work: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let view = self.begin(TransactionBehavior::Deferred)?;
-        let outcome = work(&view);
-        view.take_failure()?;
-        outcome
+        work(&view)
     }
 
     /// A transaction of `behavior` on the database, as the view the engine reads through.
@@ -408,7 +401,6 @@ impl Store {
             transaction,
             path: &self.path,
             busy_wait: self.busy_wait,
-            failure: RefCell::new(None),
         })
     }
 }
@@ -434,14 +426,12 @@ fn classify_with(path: &Path, busy_wait: Duration, source: rusqlite::Error) -> S
 /// A transaction on the store: the allocation state the engine reads, and the writes of its
 /// plans.
 ///
-/// The engine's [`AllocationState`] queries cannot fail, so a failed query is recorded here
-/// and answered with "nothing"; [`Store::write`] and [`Store::read`] then refuse to commit
-/// and report it.
+/// A failed [`AllocationState`] query answers [`StoreError`] (a busy or damaged database, any
+/// other SQLite failure), which the engine passes on: it is never read as "nothing held".
 pub struct Transaction<'a> {
     transaction: rusqlite::Transaction<'a>,
     path: &'a Path,
     busy_wait: Duration,
-    failure: RefCell<Option<rusqlite::Error>>,
 }
 
 /// An address as stored: its value in its family, 16 bytes big-endian, so that byte order is
@@ -533,23 +523,6 @@ pub struct Conflict {
 }
 
 impl Transaction<'_> {
-    fn record<T>(&self, result: rusqlite::Result<T>, fallback: T) -> T {
-        match result {
-            Ok(value) => value,
-            Err(error) => {
-                self.failure.borrow_mut().get_or_insert(error);
-                fallback
-            }
-        }
-    }
-
-    fn take_failure(&self) -> Result<(), StoreError> {
-        match self.failure.borrow_mut().take() {
-            Some(source) => Err(classify_with(self.path, self.busy_wait, source)),
-            None => Ok(()),
-        }
-    }
-
     fn family(&self, pool: &str) -> rusqlite::Result<Option<IpVersion>> {
         let family: Option<i64> = self
             .transaction
@@ -834,48 +807,56 @@ pub enum ApplyFailure {
 }
 
 impl AllocationState for Transaction<'_> {
-    fn holder(&self, pool: &str, address: IpAddr) -> Option<Holder> {
-        let result = self.stored_holder(pool, &key(address));
-        self.record(result, None)
+    type Error = StoreError;
+
+    fn holder(&self, pool: &str, address: IpAddr) -> Result<Option<Holder>, StoreError> {
+        self.stored_holder(pool, &key(address))
+            .map_err(|source| self.classify(source))
     }
 
-    fn first_unheld_from(&self, pool: &str, from: IpAddr) -> Option<IpAddr> {
+    fn first_unheld_from(&self, pool: &str, from: IpAddr) -> Result<Option<IpAddr>, StoreError> {
         let version = IpVersion::of(from);
         let value = match from {
             IpAddr::V4(v4) => u128::from(u32::from(v4)),
             IpAddr::V6(v6) => u128::from(v6),
         };
-        let run = self.run_containing(pool, value);
-        match self.record(run, None) {
+        let run = self
+            .run_containing(pool, value)
+            .map_err(|source| self.classify(source))?;
+        Ok(match run {
             None => Some(from),
             Some((_, end)) => end
                 .checked_add(1)
                 .filter(|&next| next <= version.max_value())
                 .and_then(|next| address_of(version, &next.to_be_bytes())),
-        }
+        })
     }
 
-    fn allocated_count(&self, pool: &str) -> u64 {
+    fn allocated_count(&self, pool: &str) -> Result<u64, StoreError> {
         let count = self
             .transaction
             .query_row("SELECT allocated FROM pools WHERE name = ?1", [pool], |row| {
                 row.get::<_, i64>(0)
             })
-            .optional();
-        self.record(count, None).map_or(0, |n| n.max(0) as u64)
+            .optional()
+            .map_err(|source| self.classify(source))?;
+        Ok(count.map_or(0, |n| n.max(0) as u64))
     }
 
-    fn held_count_in(&self, pool: &str, range: IpRange) -> u128 {
+    fn held_count_in(&self, pool: &str, range: IpRange) -> Result<u128, StoreError> {
         let (start, end) = (key(range.start()), key(range.end()));
-        let count = self.transaction.query_row(
-            "SELECT count(*) FROM allocations WHERE pool = ?1 AND address BETWEEN ?2 AND ?3",
-            params![pool, start, end],
-            |row| row.get::<_, i64>(0),
-        );
-        self.record(count, 0).max(0) as u128
+        let count = self
+            .transaction
+            .query_row(
+                "SELECT count(*) FROM allocations WHERE pool = ?1 AND address BETWEEN ?2 AND ?3",
+                params![pool, start, end],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(|source| self.classify(source))?;
+        Ok(count.max(0) as u128)
     }
 
-    fn cursor(&self, pool: &str) -> Option<IpAddr> {
+    fn cursor(&self, pool: &str) -> Result<Option<IpAddr>, StoreError> {
         let row = self
             .transaction
             .query_row(
@@ -883,27 +864,30 @@ impl AllocationState for Transaction<'_> {
                 [pool],
                 |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Option<Vec<u8>>>(1)?)),
             )
-            .optional();
-        let (family, cursor) = self.record(row, None)?;
+            .optional()
+            .map_err(|source| self.classify(source))?;
+        let Some((family, Some(cursor))) = row else {
+            return Ok(None);
+        };
         let version = if family == 6 { IpVersion::V6 } else { IpVersion::V4 };
-        address_of(version, &cursor?)
+        Ok(address_of(version, &cursor))
     }
 
-    fn held_by(&self, owner: &OwnerKey) -> Vec<HeldAddress> {
+    fn held_by(&self, owner: &OwnerKey) -> Result<Vec<HeldAddress>, StoreError> {
         let (kind, id) = match owner {
             OwnerKey::Pod(uid) => (0i64, uid),
             OwnerKey::Container(id) => (1i64, id),
         };
-        let held = self.held_where("a.owner_kind = ?1 AND a.owner_id = ?2", &[&kind, id]);
-        self.record(held, Vec::new())
+        self.held_where("a.owner_kind = ?1 AND a.owner_id = ?2", &[&kind, id])
+            .map_err(|source| self.classify(source))
     }
 
-    fn held_by_container(&self, container_id: &str) -> Vec<HeldAddress> {
-        let held = self.held_where("a.container_id = ?1", &[&container_id]);
-        self.record(held, Vec::new())
+    fn held_by_container(&self, container_id: &str) -> Result<Vec<HeldAddress>, StoreError> {
+        self.held_where("a.container_id = ?1", &[&container_id])
+            .map_err(|source| self.classify(source))
     }
 
-    fn allocations(&self, pool: &str) -> Vec<(IpAddr, Holder)> {
+    fn allocations(&self, pool: &str) -> Result<Vec<(IpAddr, Holder)>, StoreError> {
         let query = || -> rusqlite::Result<Vec<(IpAddr, Holder)>> {
             let Some(version) = self.family(pool)? else {
                 return Ok(Vec::new());
@@ -923,6 +907,160 @@ impl AllocationState for Transaction<'_> {
             }
             Ok(held)
         };
-        self.record(query(), Vec::new())
+        query().map_err(|source| self.classify(source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spiderpool_core::{
+        AllocateError, PoolCatalog, Request, allocate, annotations, next_free, parse_documents, release,
+    };
+
+    use super::*;
+    use crate::cni::codes;
+    use crate::demo::TemporaryDir;
+    use crate::plugin::refusal;
+
+    /// A store in a new directory holding one pool, `p`, whose first address 10.6.0.10 is held
+    /// by container `c1`; the catalog and the request that allocated it.
+    fn store_with_one_allocation(
+        label: &str,
+        busy_wait: Duration,
+    ) -> (TemporaryDir, Store, PoolCatalog, Request) {
+        let dir = TemporaryDir::new(label).expect("a temporary directory");
+        let mut store = Store::open(dir.path(), busy_wait).expect("a new store");
+        let documents = parse_documents(
+            "{apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderIPPool, metadata: {name: p},
+              spec: {subnet: 10.6.0.0/16, ips: [10.6.0.10-10.6.0.19]}}",
+        )
+        .expect("the pool parses");
+        let catalog = PoolCatalog::from_documents(&documents);
+        let mut request = Request::new("c1", "eth0");
+        request
+            .pod
+            .annotations
+            .insert(annotations::POD_IPPOOL.into(), r#"{"ipv4": ["p"]}"#.into());
+        store
+            .write(|transaction| {
+                let plan = allocate(&catalog, transaction, &request).expect("a free address");
+                transaction.apply(&plan.changes, "net").expect("the plan applies");
+                Ok::<_, StoreError>(())
+            })
+            .expect("the first allocation");
+        (dir, store, catalog, request)
+    }
+
+    /// Runs `statements` on the store's database through a connection of its own.
+    fn tamper(dir: &TemporaryDir, statements: &str) {
+        let connection = Connection::open(dir.path().join(STATE_FILE)).expect("the database opens");
+        connection.execute_batch(statements).expect("the statements run");
+    }
+
+    #[test]
+    fn a_query_the_database_cannot_answer_is_an_error_never_a_free_address() {
+        let (dir, store, catalog, request) =
+            store_with_one_allocation("spiderpool-store-damaged", Duration::from_secs(5));
+        drop(store);
+        let held: IpAddr = "10.6.0.10".parse().unwrap();
+        let mut other = request.clone();
+        other.container_id = "c2".into();
+
+        // Without its allocations table the store cannot say who holds what.
+        tamper(&dir, "ALTER TABLE allocations RENAME TO allocations_moved");
+        let mut store = Store::open(dir.path(), Duration::from_secs(5)).expect("the store opens");
+        store
+            .read(|transaction| {
+                let holder = transaction.holder("p", held);
+                assert!(
+                    matches!(&holder, Err(StoreError::Database { .. })),
+                    "the holder of a held address: {holder:?}"
+                );
+                let text = holder.unwrap_err().to_string();
+                assert!(text.contains("no such table: allocations"), "{text}");
+                // A retried ADD of c1 would get a second address if its holdings read as none.
+                let retry = allocate(&catalog, transaction, &request);
+                assert!(
+                    matches!(&retry, Err(AllocateError::State(StoreError::Database { .. }))),
+                    "{retry:?}"
+                );
+                let text = retry.unwrap_err().to_string();
+                assert!(
+                    text.starts_with("reading the allocation state failed: state file "),
+                    "{text}"
+                );
+                let owner = request.owner();
+                assert!(matches!(
+                    release(transaction, &owner, None),
+                    Err(StoreError::Database { .. })
+                ));
+                Ok::<_, StoreError>(())
+            })
+            .expect("the reads ran");
+        // Through the plugin's path: the CNI error of the store's failure, and nothing written.
+        let added = store.write(|transaction| {
+            let plan = allocate(&catalog, transaction, &other).map_err(refusal)?;
+            transaction.apply(&plan.changes, "net")?;
+            Ok::<_, crate::cni::CniError>(plan)
+        });
+        let error = added.expect_err("an ADD over a damaged store fails");
+        assert_eq!(error.code, codes::IO_FAILURE, "{error}");
+        drop(store);
+        tamper(&dir, "ALTER TABLE allocations_moved RENAME TO allocations");
+
+        // Without its runs of held addresses, the search for a free one cannot skip them.
+        tamper(&dir, "ALTER TABLE runs RENAME TO runs_moved");
+        let mut store = Store::open(dir.path(), Duration::from_secs(5)).expect("the store opens");
+        store
+            .read(|transaction| {
+                let unheld = transaction.first_unheld_from("p", held);
+                assert!(matches!(unheld, Err(StoreError::Database { .. })), "{unheld:?}");
+                let pool = catalog.pool("p").expect("the pool is valid");
+                assert!(matches!(
+                    next_free(transaction, pool),
+                    Err(StoreError::Database { .. })
+                ));
+                let plan = allocate(&catalog, transaction, &other);
+                assert!(
+                    matches!(plan, Err(AllocateError::State(StoreError::Database { .. }))),
+                    "{plan:?}"
+                );
+                // What is held is still read.
+                assert_eq!(
+                    transaction.holder("p", held)?.map(|h| h.container_id()),
+                    Some("c1".into())
+                );
+                Ok::<_, StoreError>(())
+            })
+            .expect("the reads ran");
+    }
+
+    #[test]
+    fn a_store_busy_under_the_engine_is_code_11() {
+        let (dir, mut store, catalog, request) =
+            store_with_one_allocation("spiderpool-store-busy", Duration::from_millis(50));
+        // Another connection holds the database's exclusive lock for the whole read.
+        let locker = Connection::open(dir.path().join(STATE_FILE)).expect("the database opens");
+        locker
+            .execute_batch("BEGIN EXCLUSIVE")
+            .expect("the exclusive lock");
+        let mut other = request.clone();
+        other.container_id = "c2".into();
+        store
+            .read(|transaction| {
+                let holder = transaction.holder("p", "10.6.0.10".parse().unwrap());
+                assert!(matches!(holder, Err(StoreError::Busy { .. })), "{holder:?}");
+                let error = allocate(&catalog, transaction, &other).expect_err("the state is locked");
+                assert!(
+                    matches!(error, AllocateError::State(StoreError::Busy { .. })),
+                    "{error:?}"
+                );
+                let cni = refusal(error);
+                assert_eq!(cni.code, codes::TRY_AGAIN_LATER, "{cni}");
+                assert!(cni.msg.contains("stayed locked by other plugin calls"), "{cni}");
+                Ok::<_, StoreError>(())
+            })
+            .expect("the reads ran");
+        locker.execute_batch("ROLLBACK").expect("the lock is released");
     }
 }

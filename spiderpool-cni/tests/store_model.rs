@@ -8,7 +8,7 @@ use spiderpool_check::ops::Ask;
 use spiderpool_check::{Op, Scenario, strategy};
 use spiderpool_cni::demo::TemporaryDir;
 use spiderpool_cni::store::{Store, StoreError, Transaction};
-use spiderpool_core::{AllocationState, InMemoryState, allocate, next_free, release};
+use spiderpool_core::{AllocateError, AllocationState, InMemoryState, allocate, next_free, release};
 
 /// A failure inside a store transaction, as text.
 #[derive(Debug)]
@@ -18,6 +18,40 @@ impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Failure {
         Failure(error.to_string())
     }
+}
+
+/// The engine's refusal over the store as the in-memory state gives it; a failed read of the
+/// store fails the test.
+fn refusal(error: AllocateError<StoreError>) -> Result<AllocateError, Failure> {
+    Ok(match error {
+        AllocateError::State(error) => return Err(error.into()),
+        AllocateError::Selection(error) => AllocateError::Selection(error),
+        AllocateError::NoPoolAvailable(unavailable) => AllocateError::NoPoolAvailable(unavailable),
+        AllocateError::HeldInMissingPool {
+            who,
+            interface,
+            pool,
+            address,
+        } => AllocateError::HeldInMissingPool {
+            who,
+            interface,
+            pool,
+            address,
+        },
+        AllocateError::HeldInInvalidPool {
+            who,
+            interface,
+            pool,
+            address,
+            error,
+        } => AllocateError::HeldInInvalidPool {
+            who,
+            interface,
+            pool,
+            address,
+            error,
+        },
+    })
 }
 
 /// Everything the engine can observe of one pool.
@@ -31,28 +65,30 @@ struct PoolView {
 }
 
 /// What the engine can observe of every pool of the scenario.
-fn observe(scenario: &Scenario, state: &(impl AllocationState + ?Sized)) -> Vec<PoolView> {
+fn observe<S: AllocationState + ?Sized>(scenario: &Scenario, state: &S) -> Result<Vec<PoolView>, S::Error> {
     scenario
         .pools
         .iter()
         .map(|facts| {
             let allocations = state
-                .allocations(facts.name)
+                .allocations(facts.name)?
                 .into_iter()
                 .map(|(address, holder)| format!("{address} {holder:?}"))
                 .collect();
             let next = scenario
                 .catalog
                 .pool(facts.name)
-                .and_then(|pool| next_free(state, pool))
+                .map(|pool| next_free(state, pool))
+                .transpose()?
+                .flatten()
                 .map(|a| a.to_string());
-            PoolView {
+            Ok(PoolView {
                 name: facts.name.to_string(),
                 allocations,
-                allocated: state.allocated_count(facts.name),
-                cursor: state.cursor(facts.name).map(|a| a.to_string()),
+                allocated: state.allocated_count(facts.name)?,
+                cursor: state.cursor(facts.name)?.map(|a| a.to_string()),
                 next_free: next,
-            }
+            })
         })
         .collect()
 }
@@ -79,7 +115,10 @@ proptest! {
                     let expected = allocate(&scenario.catalog, &memory, &request);
                     let got = store
                         .write(|transaction: &Transaction<'_>| {
-                            let plan = allocate(&scenario.catalog, transaction, &request);
+                            let plan = match allocate(&scenario.catalog, transaction, &request) {
+                                Ok(plan) => Ok(plan),
+                                Err(error) => Err(refusal(error)?),
+                            };
                             if let Ok(plan) = &plan {
                                 transaction.apply(&plan.changes, "model").map_err(|err| Failure(err.to_string()))?;
                             }
@@ -94,10 +133,10 @@ proptest! {
                 }
                 Op::Release { who, interface } => {
                     let interface = interface.map(|nic| nic.name());
-                    let expected = release(&memory, &who.owner(), interface);
+                    let Ok(expected) = release(&memory, &who.owner(), interface);
                     let got = store
                         .write(|transaction: &Transaction<'_>| {
-                            let changes = release(transaction, &who.owner(), interface);
+                            let changes = release(transaction, &who.owner(), interface)?;
                             transaction.apply(&changes, "model").map_err(|err| Failure(err.to_string()))?;
                             Ok::<_, Failure>(changes)
                         })
@@ -108,9 +147,10 @@ proptest! {
                 Op::Repeat { .. } => unreachable!("resolved above"),
             }
             let stored = store
-                .read(|transaction: &Transaction<'_>| Ok::<_, Failure>(observe(&scenario, transaction)))
+                .read(|transaction: &Transaction<'_>| Ok::<_, Failure>(observe(&scenario, transaction)?))
                 .map_err(|failure| TestCaseError::fail(failure.0))?;
-            prop_assert_eq!(stored, observe(&scenario, &memory));
+            let Ok(remembered) = observe(&scenario, &memory);
+            prop_assert_eq!(stored, remembered);
         }
     }
 }

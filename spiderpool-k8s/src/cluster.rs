@@ -416,7 +416,8 @@ impl ClusterStore {
         let mut uncommitted = Vec::new();
         for (_, prepared) in pending {
             let owner = prepared.request.owner();
-            if state.held_by(&owner).is_empty() {
+            let Ok(held) = state.held_by(&owner);
+            if held.is_empty() {
                 continue;
             }
             // What the endpoint commits now, read again: the batch may not have read it.
@@ -439,9 +440,8 @@ impl ClusterStore {
                 uncommitted
                     .iter()
                     .flat_map(|(owner, committed)| {
-                        state
-                            .held_by(owner)
-                            .into_iter()
+                        let Ok(held) = state.held_by(owner);
+                        held.into_iter()
                             .filter(|held| !committed.contains(&(held.pool.clone(), held.address)))
                             .map(|held| Change::Release {
                                 pool: held.pool,
@@ -606,7 +606,8 @@ impl ClusterStore {
         // A pod that holds addresses already: its endpoint says which are committed.
         let mut reads = tokio::task::JoinSet::new();
         for (position, (_, prepared)) in pending.iter().enumerate() {
-            if prepared.endpoint.is_none() && !state.held_by(&prepared.request.owner()).is_empty() {
+            let Ok(held) = state.held_by(&prepared.request.owner());
+            if prepared.endpoint.is_none() && !held.is_empty() {
                 let store = self.clone();
                 let request = prepared.request.clone();
                 reads.spawn(async move { (position, store.read_endpoint(&request).await) });
@@ -621,10 +622,9 @@ impl ClusterStore {
             let owner = prepared.request.owner();
             let committed = prepared.committed();
             let mut changes = self.sticky_transfers(prepared, &state);
+            let Ok(held) = state.held_by(&owner);
             changes.extend(
-                state
-                    .held_by(&owner)
-                    .into_iter()
+                held.into_iter()
                     .filter(|held| !committed.contains(&(held.pool.clone(), held.address)))
                     .map(|held| Change::Release {
                         pool: held.pool,
@@ -663,9 +663,8 @@ impl ClusterStore {
         }
         let owner = OwnerKey::Pod(prepared.pod.uid.clone());
         let pod = prepared.request.pod_ref();
-        state
-            .held_by(&OwnerKey::Pod(endpoint.spec.uid.clone()))
-            .into_iter()
+        let Ok(held) = state.held_by(&OwnerKey::Pod(endpoint.spec.uid.clone()));
+        held.into_iter()
             .map(|held| Change::Transfer {
                 to: Holder::new(
                     &owner,
@@ -780,7 +779,10 @@ impl ClusterStore {
     /// endpoint, deleting it when none is left. Releasing nothing is a success.
     pub async fn release(&self, request: &Request) -> Result<Release, ClusterError> {
         let release = self
-            .write_with(|_, state| release_attachment(state, request))
+            .write_with(|_, state| {
+                let Ok(changes) = release_attachment(state, request);
+                changes
+            })
             .await?;
         if !request.pod.name.is_empty() {
             let released: BTreeSet<String> = release
@@ -913,10 +915,11 @@ fn status_of(
     state: &InMemoryState,
     read: Option<&IPPoolStatus>,
 ) -> IPPoolStatus {
-    match catalog.pool(name) {
+    let Ok(status) = match catalog.pool(name) {
         Some(pool) => pool_status(pool, state),
         None => held_status(name, state, read.and_then(|status| status.total_ip_count)),
-    }
+    };
+    status
 }
 
 /// The (pool, address) pairs an endpoint lists.
@@ -1007,14 +1010,12 @@ pub fn held_addresses(state: &InMemoryState, catalog: &PoolCatalog) -> Vec<HeldA
     catalog
         .entries()
         .flat_map(|(pool, _)| {
-            state
-                .allocations(pool)
-                .into_iter()
-                .map(move |(address, holder)| HeldAddress {
-                    pool: pool.to_owned(),
-                    address,
-                    holder,
-                })
+            let Ok(allocations) = state.allocations(pool);
+            allocations.into_iter().map(move |(address, holder)| HeldAddress {
+                pool: pool.to_owned(),
+                address,
+                holder,
+            })
         })
         .collect()
 }

@@ -103,11 +103,8 @@ impl Fixture {
 
     async fn held(&self) -> Vec<IpAddr> {
         let (_, state) = self.store.state().await.expect("the state");
-        state
-            .allocations(&self.pool)
-            .into_iter()
-            .map(|(address, _)| address)
-            .collect()
+        let Ok(allocations) = state.allocations(&self.pool);
+        allocations.into_iter().map(|(address, _)| address).collect()
     }
 
     async fn endpoint(&self, pod: &str) -> Option<SpiderEndpoint> {
@@ -289,7 +286,8 @@ async fn a_statefulset_pod_keeps_its_address_across_re_creation() {
         .uid
         .expect("a UID");
     let (_, state) = fixture.store.state().await.expect("the state");
-    assert_eq!(state.held_by(&OwnerKey::Pod(new_uid.clone())).len(), 1);
+    let Ok(held) = state.held_by(&OwnerKey::Pod(new_uid.clone()));
+    assert_eq!(held.len(), 1);
     assert_eq!(
         fixture.endpoint("db-0").await.expect("the endpoint").spec.uid,
         new_uid

@@ -238,7 +238,8 @@ async fn run(args: &Args) -> Result<(), String> {
     let mut recorded = 0;
     let mut seen = BTreeSet::new();
     for zone in ["a", "b"] {
-        for (address, _) in spiderpool_core::AllocationState::allocations(&state, &format!("{id}-{zone}")) {
+        let Ok(allocations) = spiderpool_core::AllocationState::allocations(&state, &format!("{id}-{zone}"));
+        for (address, _) in allocations {
             recorded += 1;
             if !seen.insert(address) {
                 duplicates += 1;
