@@ -13,6 +13,9 @@
 //!   the model side by side and reports the first divergence or broken invariant.
 //! - [`parsers`]: checks of every parser for arbitrary text, and [`targets`] the fuzz targets
 //!   that call them.
+//! - [`sim`]: a simulated API server and a seeded scheduler that interleave several node
+//!   agents and a garbage collector running the core's cluster round, with injected conflicts,
+//!   failures and crashes, checking the protocol's invariants after every step.
 //!
 //! ```
 //! use spiderpool_check::{Op, Scenario, run_ops, ops::{Ask, Nic, Who}};
@@ -30,6 +33,7 @@ pub mod ops;
 pub mod parsers;
 pub mod run;
 pub mod scenario;
+pub mod sim;
 #[cfg(feature = "proptest")]
 pub mod strategy;
 pub mod targets;

@@ -283,6 +283,30 @@ pub fn release_attachment<S: AllocationState + ?Sized>(
     state: &S,
     request: &Request,
 ) -> Result<Vec<Change>, S::Error> {
+    Ok(
+        attachment_addresses(state, request, &attachment_interfaces(request))?
+            .into_iter()
+            .map(|held| Change::Release {
+                pool: held.pool,
+                address: held.address,
+                holder: held.holder,
+            })
+            .collect(),
+    )
+}
+
+/// The interfaces a DEL of `request` ends: the request's own, or every interface of an
+/// `ipam.spidernet.io/ippools` annotation whose first interface it is (they were allocated
+/// together). An unreadable annotation ends the one interface.
+///
+/// ```
+/// use spiderpool_core::{Request, annotations, attachment_interfaces};
+/// let mut request = Request::new("c1", "eth0");
+/// request.pod.annotations.insert(annotations::POD_IPPOOLS.into(),
+///     r#"[{"interface": "eth0", "ipv4": ["a"]}, {"interface": "net1", "ipv4": ["b"]}]"#.into());
+/// assert_eq!(attachment_interfaces(&request), ["eth0", "net1"]);
+/// ```
+pub fn attachment_interfaces(request: &Request) -> Vec<String> {
     let listed = request
         .pod
         .annotations
@@ -293,18 +317,10 @@ pub fn release_attachment<S: AllocationState + ?Sized>(
                 .first()
                 .is_some_and(|first| first.interface == request.interface)
         });
-    let interfaces: Vec<String> = match listed {
+    match listed {
         Some(entries) => entries.into_iter().map(|entry| entry.interface).collect(),
         None => vec![request.interface.clone()],
-    };
-    Ok(attachment_addresses(state, request, &interfaces)?
-        .into_iter()
-        .map(|held| Change::Release {
-            pool: held.pool,
-            address: held.address,
-            holder: held.holder,
-        })
-        .collect())
+    }
 }
 
 /// What the attachment of `request` holds on `interfaces`: its owner's addresses held through

@@ -12,60 +12,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::endpoint::{EndpointSpec, statefulset_keeps};
+pub use crate::request::{PodPhase, PodRecord, Seconds};
 use crate::state::{Change, HeldAddress, OwnerKey, PodRef};
-
-/// Seconds since the Unix epoch: the controller's clock, passed in.
-pub type Seconds = i64;
-
-/// The lifecycle phase of a pod, as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PodPhase {
-    /// Not all containers started yet.
-    Pending,
-    /// Running.
-    Running,
-    /// Every container ended successfully and none restarts.
-    Succeeded,
-    /// Every container ended, some failed, none restarts.
-    Failed,
-    /// Unknown (the node stopped reporting).
-    Unknown,
-}
-
-/// What the controller read of a pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LivePod {
-    /// Its UID.
-    pub uid: String,
-    /// Its phase.
-    pub phase: PodPhase,
-    /// The node it is bound to; empty while unscheduled.
-    pub node: String,
-    /// When it finished (the latest container termination), for `Succeeded` / `Failed`;
-    /// `None` counts as longer ago than the grace period.
-    pub finished_at: Option<Seconds>,
-}
-
-/// What the controller read of a pod's `SpiderEndpoint`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointView {
-    /// The UID of the pod it belongs to.
-    pub uid: String,
-    /// The addresses it commits: (pool, address).
-    pub addresses: BTreeSet<(String, IpAddr)>,
-    /// The StatefulSet owning the pod, if one does.
-    pub statefulset: Option<String>,
-}
 
 /// Everything the controller read, at one time.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     /// Pods by namespace and name.
-    pub pods: BTreeMap<PodRef, LivePod>,
+    pub pods: BTreeMap<PodRef, PodRecord>,
     /// The names of the nodes that exist.
     pub nodes: BTreeSet<String>,
     /// Endpoints by the namespace and name of their pod.
-    pub endpoints: BTreeMap<PodRef, EndpointView>,
+    pub endpoints: BTreeMap<PodRef, EndpointSpec>,
     /// StatefulSets by namespace and name, with their replica count.
     pub statefulsets: BTreeMap<PodRef, u32>,
 }
@@ -181,9 +140,29 @@ pub fn sweep(
 ) -> Sweep {
     let mut result = Sweep::default();
     let mut still_held: BTreeSet<PodRef> = BTreeSet::new();
+    let mut by_pod: BTreeMap<PodRef, Vec<HeldAddress>> = BTreeMap::new();
+    for record in held {
+        if let Some(pod) = record.holder.pod() {
+            by_pod.entry(pod).or_default().push(record.clone());
+        }
+    }
+    let committed: BTreeMap<&PodRef, BTreeSet<(String, IpAddr)>> = view
+        .endpoints
+        .iter()
+        .map(|(pod, endpoint)| {
+            let records: Vec<HeldAddress> = by_pod
+                .get(pod)
+                .into_iter()
+                .flatten()
+                .filter(|record| endpoint.speaks_for(record.holder.owner().id()))
+                .cloned()
+                .collect();
+            (pod, endpoint.commits(&records))
+        })
+        .collect();
     for record in held {
         let key = (record.pool.clone(), record.address);
-        let reason = match judge(record, view, policy, now) {
+        let reason = match judge(record, view, &committed, policy, now) {
             Verdict::Keep => None,
             Verdict::Release(reason) => Some(reason),
             Verdict::Uncommitted => {
@@ -230,13 +209,23 @@ enum Verdict {
     Uncommitted,
 }
 
-fn judge(record: &HeldAddress, view: &ClusterView, policy: GcPolicy, now: Seconds) -> Verdict {
+fn judge(
+    record: &HeldAddress,
+    view: &ClusterView,
+    commits: &BTreeMap<&PodRef, BTreeSet<(String, IpAddr)>>,
+    policy: GcPolicy,
+    now: Seconds,
+) -> Verdict {
     let (Some(pod), OwnerKey::Pod(uid)) = (record.holder.pod(), record.holder.owner()) else {
         return Verdict::Release(GcReason::NoPodIdentity);
     };
     let endpoint = view.endpoints.get(&pod);
-    let committed = endpoint
-        .is_some_and(|e| e.uid == uid && e.addresses.contains(&(record.pool.clone(), record.address)));
+    let committed = endpoint.is_some_and(|e| {
+        e.speaks_for(&uid)
+            && commits
+                .get(&pod)
+                .is_some_and(|pairs| pairs.contains(&(record.pool.clone(), record.address)))
+    });
     let Some(live) = view.pods.get(&pod) else {
         return match endpoint {
             Some(endpoint) if committed && kept_by_statefulset(&pod, endpoint, view) => Verdict::Keep,
@@ -276,24 +265,15 @@ fn judge(record: &HeldAddress, view: &ClusterView, policy: GcPolicy, now: Second
     }
 }
 
-/// Whether a StatefulSet will re-create the pod under its name: the set exists and the pod's
-/// ordinal is below its replica count.
-fn kept_by_statefulset(pod: &PodRef, endpoint: &EndpointView, view: &ClusterView) -> bool {
-    let Some(set) = &endpoint.statefulset else {
-        return false;
-    };
-    let key = PodRef {
-        namespace: pod.namespace.clone(),
-        name: set.clone(),
-    };
-    let Some(&replicas) = view.statefulsets.get(&key) else {
-        return false;
-    };
-    pod.name
-        .strip_prefix(set.as_str())
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|ordinal| ordinal.parse::<u32>().ok())
-        .is_some_and(|ordinal| ordinal < replicas)
+/// Whether a StatefulSet will re-create the pod under its name, as its endpoint records.
+fn kept_by_statefulset(pod: &PodRef, endpoint: &EndpointSpec, view: &ClusterView) -> bool {
+    endpoint.statefulset().is_some_and(|set| {
+        let key = PodRef {
+            namespace: pod.namespace.clone(),
+            name: set.to_owned(),
+        };
+        statefulset_keeps(pod, set, view.statefulsets.get(&key).copied())
+    })
 }
 
 #[cfg(test)]
@@ -318,20 +298,32 @@ mod tests {
         }
     }
 
-    fn live(uid: &str, phase: PodPhase, node: &str) -> LivePod {
-        LivePod {
+    fn live(uid: &str, phase: PodPhase, node: &str) -> PodRecord {
+        PodRecord {
             uid: uid.into(),
             phase,
             node: node.into(),
-            finished_at: None,
+            ..PodRecord::default()
         }
     }
 
-    fn endpoint(uid: &str, address: &str, statefulset: Option<&str>) -> EndpointView {
-        EndpointView {
+    fn endpoint(uid: &str, address: &str, statefulset: Option<&str>) -> EndpointSpec {
+        EndpointSpec {
             uid: uid.into(),
-            addresses: [("p".to_owned(), address.parse().unwrap())].into(),
-            statefulset: statefulset.map(str::to_owned),
+            owner_controller_type: if statefulset.is_some() {
+                "StatefulSet"
+            } else {
+                "Pod"
+            }
+            .into(),
+            owner_controller_name: statefulset.unwrap_or_default().into(),
+            ips: vec![crate::EndpointInterface {
+                interface: "eth0".into(),
+                ipv4_pool: Some("p".into()),
+                ipv4: Some(format!("{address}/24")),
+                ..Default::default()
+            }],
+            ..EndpointSpec::default()
         }
     }
 
@@ -374,7 +366,7 @@ mod tests {
     #[test]
     fn a_finished_pod_keeps_its_address_for_the_grace_period_only() {
         let mut view = healthy();
-        let finished = |ago| LivePod {
+        let finished = |ago| PodRecord {
             finished_at: Some(NOW - ago),
             ..live("u1", PodPhase::Succeeded, "n1")
         };

@@ -64,12 +64,14 @@ mod allocate;
 pub mod annotations;
 mod candidates;
 mod catalog;
+mod endpoint;
 pub mod gc;
 mod memory;
 mod model;
 mod pool;
 mod range;
 mod request;
+pub mod round;
 pub mod scenario;
 mod selector;
 mod state;
@@ -78,11 +80,13 @@ mod subnet;
 
 pub use allocate::{
     AllocateError, AssignedAddress, Explanation, InterfaceAddresses, Plan, Unavailable, allocate,
-    attachment_addresses, collect_garbage, explain, next_free, release, release_attachment,
+    attachment_addresses, attachment_interfaces, collect_garbage, explain, next_free, release,
+    release_attachment,
 };
 pub use annotations::{AnnotationError, InterfaceIppools, PodIppool, parse_pod_ippools, parse_pool_list};
 pub use candidates::{CandidateSource, PoolCandidate, Rejection, SelectionError, Trial, Verdict};
 pub use catalog::{CatalogEntry, PoolCatalog};
+pub use endpoint::{EndpointInterface, EndpointSpec, STATEFULSET, statefulset_keeps};
 pub use memory::{ApplyError, InMemoryState};
 pub use model::{
     API_VERSION, Document, DocumentError, DocumentErrors, DocumentProblem, IPPoolSpec, IPPoolStatus,
@@ -91,7 +95,10 @@ pub use model::{
 };
 pub use pool::{InvalidObject, Placement, Pool, PoolRoute, Problem, ReservedIps, Violation, validate_update};
 pub use range::{FamilyMismatch, IpRange, IpSet, IpVersion, RangeError};
-pub use request::{Attachment, IpFamilies, NamespaceFacts, NetworkFacts, NodeFacts, PodFacts, Request};
+pub use request::{
+    Attachment, Controller, IpFamilies, NamespaceFacts, NetworkFacts, NodeFacts, PodContext, PodFacts,
+    PodIdentity, PodPhase, PodRecord, Request, RuntimeFacts, Seconds,
+};
 pub use selector::{LabelSelector, LabelSelectorRequirement, Labels, SelectorError, SelectorOperator};
 pub use state::{AllocationState, Change, HeldAddress, Holder, OwnerKey, PodRef};
 pub use status::{

@@ -354,6 +354,29 @@ pub enum Change {
     },
 }
 
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Allocate {
+                pool,
+                address,
+                holder,
+            } => write!(f, "allocating {address} in pool {pool} to {holder}"),
+            Change::Release {
+                pool,
+                address,
+                holder,
+            } => write!(f, "releasing {address} in pool {pool} from {holder}"),
+            Change::Transfer {
+                pool,
+                address,
+                from,
+                to,
+            } => write!(f, "moving {address} in pool {pool} from {from} to {to}"),
+        }
+    }
+}
+
 impl Change {
     /// The pool the change is about.
     pub fn pool(&self) -> &str {

@@ -1,0 +1,1306 @@
+//! The cluster mode's allocation round: a batch of CNI calls served against API objects
+//! written with compare-and-swap, decided here, pure, and carried out by an adapter.
+//!
+//! The state of record is in the API server. Each pool's status holds the records of its
+//! addresses ([`crate::pool_status`]); each pod's `SpiderEndpoint` ([`EndpointSpec`]) is the
+//! commit record of its allocations. A round reads what its calls need into a [`Snapshot`],
+//! and [`decide`]s: the pool status writes to make, in pool name order, then the endpoint
+//! writes, and each call's outcome, which stands once the writes it needs have succeeded.
+//!
+//! The rules, each written once, here:
+//!
+//! - **The endpoint is the commit point.** An ADD writes the pools, then the endpoint. A
+//!   record of a pod that its endpoint does not list is left over from an allocation that did
+//!   not finish (a conflict on the second pool of a dual-stack pair, a crash between two
+//!   writes): the pod's next ADD releases it in the same write that allocates again, so a
+//!   retried ADD never keeps half an allocation.
+//! - **StatefulSet pods keep their addresses.** A pod of a StatefulSet re-created under its
+//!   name takes over its predecessor's records (the endpoint names the predecessor), and the
+//!   DEL of a pod that its StatefulSet will bring back keeps them.
+//! - **Compensation.** When a batch gives up on an ADD after some of its pool writes
+//!   succeeded, a last round releases what the pod holds that its endpoint does not commit, so
+//!   that a pod that got an error holds nothing half-written.
+//! - **The endpoint merge.** The endpoint after an ADD keeps the pod's other interfaces; a DEL
+//!   removes only what it released, and the entries of its own sandbox.
+//!
+//! [`Batch`] is the protocol as a state machine, in the manner of a sans-IO protocol crate:
+//! it says what to read, what to write and how long to back off, and is told what happened.
+//! The Kubernetes adapter does the IO; the tests drive the same machine against a simulated API
+//! server that interleaves several agents and a garbage collector.
+//!
+//! Calls of one pod are served by one batch at a time (the node agent serves its node's calls
+//! one batch after another): the rules above assume no other writer changes a pod's records
+//! but its own calls and the garbage collector, whose grace period outlasts any round.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::allocate::{AllocateError, Plan, allocate, release_attachment};
+use crate::catalog::PoolCatalog;
+use crate::endpoint::{EndpointInterface, EndpointSpec, STATEFULSET, statefulset_keeps};
+use crate::gc::{self, ClusterView, GcPolicy, Sweep};
+use crate::memory::InMemoryState;
+use crate::model::{IPPoolStatus, SpiderIPPool, SpiderReservedIP};
+use crate::request::{NamespaceFacts, NodeFacts, PodContext, PodRecord, RuntimeFacts, Seconds};
+use crate::selector::Labels;
+use crate::state::{AllocationState, Change, HeldAddress, OwnerKey, PodRef};
+use crate::status::{StatusStateError, held_status, pool_status, state_from_statuses};
+
+/// An object as read, with the `resourceVersion` a compare-and-swap write of it presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The version read.
+    pub version: String,
+    /// The object.
+    pub object: T,
+}
+
+/// One call a round serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// A CNI ADD: allocate for the attachment, or answer what it holds.
+    Add(RuntimeFacts),
+    /// A CNI DEL: release what the attachment holds.
+    Del(RuntimeFacts),
+    /// After a batch gave up on an ADD: release what the pod `uid` holds that its endpoint
+    /// does not commit.
+    Abandon {
+        /// The pod.
+        pod: PodRef,
+        /// Its UID.
+        uid: String,
+    },
+    /// A sweep of the garbage collector at `now` ([`crate::gc::sweep`]); `suspects` is what
+    /// the previous sweep saw uncommitted.
+    Sweep {
+        /// The collector's clock.
+        now: Seconds,
+        /// Its grace periods.
+        policy: GcPolicy,
+        /// The previous sweep's suspects.
+        suspects: BTreeMap<(String, IpAddr), Seconds>,
+    },
+}
+
+/// The pools as read: the catalog the engine chooses from, the allocation state their
+/// statuses record, and each status with its version.
+#[derive(Debug, Clone, Default)]
+pub struct Pools {
+    /// The pools and reserved addresses, validated.
+    pub catalog: PoolCatalog,
+    /// Who holds which address.
+    pub state: InMemoryState,
+    statuses: BTreeMap<String, Versioned<IPPoolStatus>>,
+}
+
+impl Pools {
+    /// Reads pool and reserved-IP objects as listed from the API server (with
+    /// `metadata.resourceVersion` and `status`). A status that is not readable as allocation
+    /// records is an error naming the pool and the field.
+    pub fn read(
+        pools: Vec<SpiderIPPool>,
+        reserved: Vec<SpiderReservedIP>,
+    ) -> Result<Pools, StatusStateError> {
+        let empty = IPPoolStatus::default();
+        let state = state_from_statuses(pools.iter().map(|pool| {
+            (
+                pool.metadata.name.as_str(),
+                pool.status.as_ref().unwrap_or(&empty),
+            )
+        }))?;
+        let statuses = pools
+            .iter()
+            .map(|pool| {
+                let read = Versioned {
+                    version: pool.metadata.resource_version.clone().unwrap_or_default(),
+                    object: pool.status.clone().unwrap_or_default(),
+                };
+                (pool.metadata.name.clone(), read)
+            })
+            .collect();
+        Ok(Pools {
+            catalog: PoolCatalog::new(pools, reserved),
+            state,
+            statuses,
+        })
+    }
+
+    /// Every address held, with its holder, in pool then address order.
+    pub fn held(&self) -> Vec<HeldAddress> {
+        self.statuses
+            .keys()
+            .flat_map(|pool| {
+                let Ok(allocations) = self.state.allocations(pool);
+                allocations.into_iter().map(move |(address, holder)| HeldAddress {
+                    pool: pool.clone(),
+                    address,
+                    holder,
+                })
+            })
+            .collect()
+    }
+
+    /// The status `pool` gets from `state`: the engine's [`pool_status`] for a valid pool; for
+    /// a pool the engine refuses (still holding addresses), the records and count, keeping its
+    /// total as it was read.
+    fn status(&self, pool: &str, state: &InMemoryState) -> IPPoolStatus {
+        let Ok(status) = match self.catalog.pool(pool) {
+            Some(valid) => pool_status(valid, state),
+            None => {
+                let total = self
+                    .statuses
+                    .get(pool)
+                    .and_then(|read| read.object.total_ip_count);
+                held_status(pool, state, total)
+            }
+        };
+        status
+    }
+}
+
+/// What a round has read. Entries map to `None` when the object does not exist; a key that is
+/// absent was not read.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The pools, when read. [`decide`] takes them: its writes make them stale.
+    pub pools: Option<Pools>,
+    /// Pods by namespace and name.
+    pub pods: BTreeMap<PodRef, Option<PodRecord>>,
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, Option<NamespaceFacts>>,
+    /// Nodes' labels by node name.
+    pub nodes: BTreeMap<String, Option<Labels>>,
+    /// Endpoints by the namespace and name of their pod. [`decide`] takes them.
+    pub endpoints: BTreeMap<PodRef, Option<Versioned<EndpointSpec>>>,
+    /// The replica count of StatefulSets, by namespace and name.
+    pub statefulsets: BTreeMap<PodRef, Option<u32>>,
+    /// Whether every pod, node, endpoint and StatefulSet of the cluster was listed, so that a
+    /// missing one does not exist (what the garbage collector reads).
+    pub everything: bool,
+}
+
+impl Snapshot {
+    /// Adds what `read` holds, replacing what was read before of the same objects.
+    pub fn merge(&mut self, read: Snapshot) {
+        if read.pools.is_some() {
+            self.pools = read.pools;
+        }
+        self.pods.extend(read.pods);
+        self.namespaces.extend(read.namespaces);
+        self.nodes.extend(read.nodes);
+        self.endpoints.extend(read.endpoints);
+        self.statefulsets.extend(read.statefulsets);
+        self.everything |= read.everything;
+    }
+
+    /// The garbage collector's view of what was read.
+    fn view(&self) -> ClusterView {
+        ClusterView {
+            pods: self
+                .pods
+                .iter()
+                .filter_map(|(pod, record)| Some((pod.clone(), record.clone()?)))
+                .collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .filter(|(_, labels)| labels.is_some())
+                .map(|(name, _)| name.clone())
+                .collect(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .filter_map(|(pod, endpoint)| Some((pod.clone(), endpoint.as_ref()?.object.clone())))
+                .collect(),
+            statefulsets: self
+                .statefulsets
+                .iter()
+                .filter_map(|(set, replicas)| Some((set.clone(), (*replicas)?)))
+                .collect(),
+        }
+    }
+}
+
+/// What a round still has to read before it can decide.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reads {
+    /// Every pool and reserved-IP object.
+    pub pools: bool,
+    /// Every pod, node, endpoint and StatefulSet (a sweep of the garbage collector).
+    pub everything: bool,
+    /// These pods.
+    pub pods: BTreeSet<PodRef>,
+    /// These namespaces.
+    pub namespaces: BTreeSet<String>,
+    /// These nodes.
+    pub nodes: BTreeSet<String>,
+    /// The endpoints of these pods.
+    pub endpoints: BTreeSet<PodRef>,
+    /// These StatefulSets.
+    pub statefulsets: BTreeSet<PodRef>,
+}
+
+impl Reads {
+    /// Whether nothing is left to read.
+    pub fn is_empty(&self) -> bool {
+        *self == Reads::default()
+    }
+}
+
+/// What `calls` still need read, given what `snapshot` holds. Reads come in stages: the pools,
+/// pods and namespaces first; then the nodes, and the endpoints of pods that hold addresses
+/// already or belong to a StatefulSet (a new pod has none to read); then the StatefulSets
+/// whose DEL may keep their addresses.
+pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
+    let mut wanted = Reads {
+        pools: snapshot.pools.is_none(),
+        ..Reads::default()
+    };
+    let endpoint = |pod: &PodRef, wanted: &mut Reads| {
+        if !snapshot.endpoints.contains_key(pod) {
+            wanted.endpoints.insert(pod.clone());
+        }
+    };
+    for call in calls {
+        match call {
+            Call::Add(facts) => {
+                let Some(pod) = facts.pod_ref() else { continue };
+                if !snapshot.namespaces.contains_key(&pod.namespace) {
+                    wanted.namespaces.insert(pod.namespace.clone());
+                }
+                let Some(read) = snapshot.pods.get(&pod) else {
+                    wanted.pods.insert(pod);
+                    continue;
+                };
+                let Some(record) = read else { continue };
+                let node = node_of(facts, record);
+                if !node.is_empty() && !snapshot.nodes.contains_key(node) {
+                    wanted.nodes.insert(node.to_owned());
+                }
+                let statefulset = is_statefulset(record);
+                let holds = snapshot.pools.as_ref().map(|pools| {
+                    let Ok(held) = pools.state.held_by(&OwnerKey::Pod(record.uid.clone()));
+                    !held.is_empty()
+                });
+                if statefulset || holds == Some(true) {
+                    endpoint(&pod, &mut wanted);
+                }
+            }
+            Call::Del(facts) => {
+                let Some(pod) = facts.pod_ref() else { continue };
+                match snapshot.endpoints.get(&pod) {
+                    None => endpoint(&pod, &mut wanted),
+                    Some(Some(read)) => {
+                        if let Some(set) = read.object.statefulset() {
+                            let set = PodRef {
+                                namespace: pod.namespace.clone(),
+                                name: set.to_owned(),
+                            };
+                            if !snapshot.statefulsets.contains_key(&set) {
+                                wanted.statefulsets.insert(set);
+                            }
+                        }
+                    }
+                    Some(None) => {}
+                }
+            }
+            Call::Abandon { pod, .. } => endpoint(pod, &mut wanted),
+            // The pods after the pools: a record read belongs to a pod that existed before,
+            // which the pods read after show unless it went (a pod created between a list of
+            // the pods and a list of the pools would look gone).
+            Call::Sweep { .. } => wanted.everything |= snapshot.pools.is_some() && !snapshot.everything,
+        }
+    }
+    wanted
+}
+
+/// Whether a StatefulSet owns the pod: it takes its predecessor's addresses over.
+fn is_statefulset(record: &PodRecord) -> bool {
+    record
+        .controller
+        .as_ref()
+        .is_some_and(|controller| controller.kind == STATEFULSET)
+}
+
+/// The node a call is served on: the one its configuration names, else the pod's.
+fn node_of<'a>(facts: &'a RuntimeFacts, record: &'a PodRecord) -> &'a str {
+    facts
+        .node
+        .as_deref()
+        .filter(|name| !name.is_empty())
+        .unwrap_or(&record.node)
+}
+
+/// A write of a pool's status, presenting the version read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolWrite {
+    /// The pool.
+    pub pool: String,
+    /// The `resourceVersion` read.
+    pub version: String,
+    /// The status to write.
+    pub status: IPPoolStatus,
+}
+
+/// A write of a pod's endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointWrite {
+    /// The pod: the endpoint's namespace and name.
+    pub pod: PodRef,
+    /// What to write.
+    pub change: EndpointChange,
+}
+
+/// How an endpoint changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointChange {
+    /// Create it: none was read. An endpoint found there is a conflict.
+    Create(EndpointSpec),
+    /// Replace the one read.
+    Replace {
+        /// The `resourceVersion` read.
+        version: String,
+        /// The new spec.
+        spec: EndpointSpec,
+    },
+    /// Delete the one read.
+    Delete {
+        /// The `resourceVersion` read.
+        version: String,
+    },
+}
+
+/// What a call achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An ADD: the addresses per interface, and the changes written for it.
+    Added(Plan),
+    /// A DEL: the changes that released the attachment's addresses (none when it held none).
+    Released(Vec<Change>),
+    /// A DEL of a pod its StatefulSet brings back under the same name: its addresses stay for
+    /// it.
+    KeptForStatefulSet {
+        /// The StatefulSet.
+        statefulset: String,
+    },
+    /// A compensation: the uncommitted records released.
+    Abandoned(Vec<Change>),
+    /// A sweep of the garbage collector.
+    Swept(Sweep),
+}
+
+/// Why the round answers a call without serving it, on what it read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The engine refused: no candidate can serve, or a candidate is invalid.
+    #[error(transparent)]
+    Allocate(#[from] AllocateError),
+    /// A request without a pod name: the cluster mode serves pods only.
+    #[error("no pod identity: the cluster mode needs K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS")]
+    NoPod,
+    /// The pod named by the request does not exist (yet, or any more).
+    #[error("pod {pod} not found; the runtime called before the API server knows the pod, try again")]
+    PodNotFound {
+        /// The pod.
+        pod: PodRef,
+    },
+    /// The pod of that name has another UID than the runtime gave: it was re-created.
+    #[error("pod {pod} has UID {current}, not {requested}: it was re-created; try again")]
+    PodReplaced {
+        /// The pod.
+        pod: PodRef,
+        /// The UID the runtime gave.
+        requested: String,
+        /// The UID in the API server.
+        current: String,
+    },
+    /// The pod's namespace does not exist.
+    #[error("namespace {0} not found; the pod's namespace is being deleted or not created yet, try again")]
+    NamespaceNotFound(String),
+    /// The node the pod runs on is not known.
+    #[error(
+        "node {0} not found in the API server; register the node, or set ipam.node_name to a registered one"
+    )]
+    NodeNotFound(String),
+}
+
+/// Which writes a call's outcome needs before it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// None: it stands now.
+    Now,
+    /// Every pool write of the decision.
+    Pools,
+    /// Every pool write, then the endpoint write of this index.
+    Endpoint(usize),
+    /// Every pool write, then every endpoint write made, whatever came of it (a sweep of the
+    /// collector, whose deletions of orphaned endpoints a later sweep makes again).
+    Endpoints,
+}
+
+/// One call's outcome in a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    /// What the call achieves, or why it is refused.
+    pub outcome: Result<Outcome, Refusal>,
+    /// What must be written before the outcome stands.
+    pub commit: Commit,
+}
+
+/// What a round decided: the writes, in order, and each call's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Pool status writes, in pool name order. Made one after another; at the first conflict
+    /// the rest are not made and the round is decided again on fresh reads (records written
+    /// by the first ones are then leftovers that the new round releases).
+    pub pool_writes: Vec<PoolWrite>,
+    /// Endpoint writes, one per pod, made (at once) after every pool write succeeded.
+    pub endpoint_writes: Vec<EndpointWrite>,
+    /// Each call's outcome, in the order of the calls.
+    pub outcomes: Vec<Decided>,
+}
+
+/// An endpoint as read, and as the calls of the round leave it.
+struct Draft {
+    read: Option<Versioned<EndpointSpec>>,
+    current: Option<EndpointSpec>,
+}
+
+/// The working state of a decision.
+struct Work<'a> {
+    snapshot: &'a Snapshot,
+    catalog: &'a PoolCatalog,
+    state: InMemoryState,
+    changes: Vec<Change>,
+    drafts: BTreeMap<PodRef, Draft>,
+    endpoints: BTreeMap<PodRef, Option<Versioned<EndpointSpec>>>,
+}
+
+/// Decides `calls`, in order, on what `snapshot` read: each call sees the state the calls
+/// before it leave. Takes the pools and endpoints (and a view of everything) out of the
+/// snapshot (its writes make them stale), so that the next [`reads`] asks for them again.
+///
+/// # Panics
+///
+/// When the pools were not read: call it once [`reads`] is empty.
+pub fn decide(calls: &[Call], snapshot: &mut Snapshot) -> Decision {
+    let pools = snapshot.pools.take().expect("decide after the pools were read");
+    let endpoints = std::mem::take(&mut snapshot.endpoints);
+    // A view of everything is read again after the pools, with them.
+    let listed = std::mem::take(&mut snapshot.everything).then(|| Snapshot {
+        pods: std::mem::take(&mut snapshot.pods),
+        nodes: std::mem::take(&mut snapshot.nodes),
+        statefulsets: std::mem::take(&mut snapshot.statefulsets),
+        everything: true,
+        ..Snapshot::default()
+    });
+    let snapshot: &Snapshot = listed.as_ref().unwrap_or(snapshot);
+    let mut work = Work {
+        snapshot,
+        catalog: &pools.catalog,
+        state: pools.state.clone(),
+        changes: Vec::new(),
+        drafts: BTreeMap::new(),
+        endpoints,
+    };
+    let mut decided = Vec::with_capacity(calls.len());
+    for call in calls {
+        let before = work.changes.len();
+        let (outcome, pod) = match call {
+            Call::Add(facts) => (work.add(facts), facts.pod_ref()),
+            Call::Del(facts) => (work.del(facts), facts.pod_ref()),
+            Call::Abandon { pod, uid } => (Ok(work.abandon(pod, uid)), Some(pod.clone())),
+            Call::Sweep {
+                now,
+                policy,
+                suspects,
+            } => (Ok(work.sweep(*now, *policy, suspects, &pools)), None),
+        };
+        let sweep = matches!(call, Call::Sweep { .. });
+        decided.push((outcome, pod, work.changes.len() > before, sweep));
+    }
+    let touched: BTreeSet<&str> = work.changes.iter().map(Change::pool).collect();
+    let pool_writes: Vec<PoolWrite> = touched
+        .into_iter()
+        .filter_map(|pool| {
+            let read = pools.statuses.get(pool)?;
+            let status = pools.status(pool, &work.state);
+            (status != read.object).then(|| PoolWrite {
+                pool: pool.to_owned(),
+                version: read.version.clone(),
+                status,
+            })
+        })
+        .collect();
+    let mut endpoint_writes = Vec::new();
+    let mut written: BTreeMap<PodRef, usize> = BTreeMap::new();
+    for (pod, draft) in work.drafts {
+        let change = match (draft.read, draft.current) {
+            (None, Some(spec)) => EndpointChange::Create(spec),
+            (Some(read), Some(spec)) if read.object != spec => EndpointChange::Replace {
+                version: read.version,
+                spec,
+            },
+            (Some(read), None) => EndpointChange::Delete {
+                version: read.version,
+            },
+            _ => continue,
+        };
+        written.insert(pod.clone(), endpoint_writes.len());
+        endpoint_writes.push(EndpointWrite { pod, change });
+    }
+    let outcomes = decided
+        .into_iter()
+        .map(|(outcome, pod, changed, sweep)| {
+            let commit = match (&outcome, pod.and_then(|pod| written.get(&pod))) {
+                (Err(_), _) => Commit::Now,
+                (Ok(_), Some(&index)) => Commit::Endpoint(index),
+                (Ok(_), None) if sweep && !endpoint_writes.is_empty() => Commit::Endpoints,
+                (Ok(_), None) if changed && !pool_writes.is_empty() => Commit::Pools,
+                (Ok(_), None) => Commit::Now,
+            };
+            Decided { outcome, commit }
+        })
+        .collect();
+    Decision {
+        pool_writes,
+        endpoint_writes,
+        outcomes,
+    }
+}
+
+/// The records at the addresses `endpoint` lists that it speaks for: held by the pod of its
+/// name, under its UID, or, for a StatefulSet's, under any of the pod's incarnations (a
+/// takeover whose writes were not all made leaves them spread over several).
+fn listed_records(state: &InMemoryState, pod: &PodRef, endpoint: &EndpointSpec) -> Vec<HeldAddress> {
+    endpoint
+        .committed()
+        .into_iter()
+        .filter_map(|(pool, address)| {
+            let Ok(holder) = state.holder(&pool, address);
+            let holder = holder?;
+            (holder.pod().as_ref() == Some(pod) && endpoint.speaks_for(holder.owner().id())).then_some(
+                HeldAddress {
+                    pool,
+                    address,
+                    holder,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The releases of what the pod `uid` holds that `endpoint` does not commit
+/// ([`EndpointSpec::commits`]): the leftovers of an allocation that did not finish.
+fn uncommitted(
+    state: &InMemoryState,
+    pod: &PodRef,
+    uid: &str,
+    endpoint: Option<&EndpointSpec>,
+) -> Vec<Change> {
+    let Ok(held) = state.held_by(&OwnerKey::Pod(uid.to_owned()));
+    let committed = match endpoint.filter(|endpoint| endpoint.speaks_for(uid)) {
+        Some(endpoint) => {
+            let mut records = listed_records(state, pod, endpoint);
+            for record in &held {
+                if !records
+                    .iter()
+                    .any(|r| r.pool == record.pool && r.address == record.address)
+                {
+                    records.push(record.clone());
+                }
+            }
+            endpoint.commits(&records)
+        }
+        None => BTreeSet::new(),
+    };
+    held.into_iter()
+        .filter(|held| !committed.contains(&(held.pool.clone(), held.address)))
+        .map(|held| Change::Release {
+            pool: held.pool,
+            address: held.address,
+            holder: held.holder,
+        })
+        .collect()
+}
+
+/// What `owner` holds, as (pool, address) pairs.
+fn held_pairs(state: &InMemoryState, owner: &OwnerKey) -> BTreeSet<(String, IpAddr)> {
+    let Ok(held) = state.held_by(owner);
+    held.into_iter().map(|held| (held.pool, held.address)).collect()
+}
+
+impl Work<'_> {
+    /// Records and applies changes the rules decided on this very state.
+    fn apply(&mut self, changes: Vec<Change>) {
+        self.state
+            .apply(&changes)
+            .expect("changes decided on the working state apply to it");
+        self.changes.extend(changes);
+    }
+
+    /// The endpoint of `pod` as the round leaves it so far.
+    fn draft(&mut self, pod: &PodRef) -> &mut Draft {
+        let endpoints = &mut self.endpoints;
+        self.drafts.entry(pod.clone()).or_insert_with(|| {
+            let read = endpoints.remove(pod).flatten();
+            Draft {
+                current: read.as_ref().map(|read| read.object.clone()),
+                read,
+            }
+        })
+    }
+
+    fn add(&mut self, facts: &RuntimeFacts) -> Result<Outcome, Refusal> {
+        let pod = facts.pod_ref().ok_or(Refusal::NoPod)?;
+        let snapshot = self.snapshot;
+        let record = snapshot
+            .pods
+            .get(&pod)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Refusal::PodNotFound { pod: pod.clone() })?;
+        if let Some(requested) = facts
+            .pod
+            .as_ref()
+            .and_then(|identity| identity.uid.as_ref())
+            .filter(|uid| !uid.is_empty() && **uid != record.uid)
+        {
+            return Err(Refusal::PodReplaced {
+                pod,
+                requested: requested.clone(),
+                current: record.uid.clone(),
+            });
+        }
+        let namespace = snapshot
+            .namespaces
+            .get(&pod.namespace)
+            .and_then(Option::clone)
+            .ok_or_else(|| Refusal::NamespaceNotFound(pod.namespace.clone()))?;
+        let node = node_of(facts, record).to_owned();
+        let labels = snapshot
+            .nodes
+            .get(&node)
+            .and_then(Option::clone)
+            .ok_or_else(|| Refusal::NodeNotFound(node.clone()))?;
+        let request = facts.request(PodContext {
+            uid: Some(record.uid.clone()),
+            labels: record.labels.clone(),
+            annotations: record.annotations.clone(),
+            namespace,
+            node: NodeFacts { name: node, labels },
+        });
+        let owner = OwnerKey::Pod(record.uid.clone());
+        // The endpoint whose entries the pod keeps: its own, or its StatefulSet
+        // predecessor's, whose records it takes over.
+        let kept = match self.draft(&pod).current.clone() {
+            Some(current) if current.uid == record.uid => Some(current),
+            Some(current) if is_statefulset(record) => {
+                // What the set's endpoint commits, whichever incarnation holds it now.
+                let transfers = listed_records(&self.state, &pod, &current)
+                    .into_iter()
+                    .filter(|held| !held.holder.is_owned_by(&owner))
+                    .map(|held| Change::Transfer {
+                        to: request.holder(&held.holder.interface()),
+                        pool: held.pool,
+                        address: held.address,
+                        from: held.holder,
+                    })
+                    .collect();
+                self.apply(transfers);
+                Some(current)
+            }
+            _ => None,
+        };
+        let leftovers = uncommitted(&self.state, &pod, &record.uid, kept.as_ref());
+        self.apply(leftovers);
+        // A refused ADD keeps the releases and transfers above: the releases were garbage, and
+        // transferred records stay uncommitted for the pod's next ADD or the collector.
+        let plan = allocate(self.catalog, &self.state, &request)?;
+        self.apply(plan.changes.clone());
+        let entries = plan.interfaces.iter().map(EndpointInterface::of).collect();
+        let mut endpoint = EndpointSpec::committing(
+            kept.as_ref(),
+            &record.uid,
+            &request.node.name,
+            &request.container_id,
+            record.controller.as_ref(),
+            entries,
+        );
+        endpoint.retain_held(&held_pairs(&self.state, &owner));
+        self.draft(&pod).current = Some(endpoint);
+        Ok(Outcome::Added(plan))
+    }
+
+    fn del(&mut self, facts: &RuntimeFacts) -> Result<Outcome, Refusal> {
+        let request = facts.request(PodContext::default());
+        let pod = facts.pod_ref();
+        let runtime_uid = request.pod.uid.clone().filter(|uid| !uid.is_empty());
+        let snapshot = self.snapshot;
+        // Whichever incarnation of the pod asks: a StatefulSet's pod name is its ordinal's, and
+        // records the pod took over from its predecessor are kept as the predecessor's were.
+        if let Some(pod) = &pod
+            && let Some(current) = &self.draft(pod).current
+            && let Some(set) = current.statefulset()
+        {
+            let key = PodRef {
+                namespace: pod.namespace.clone(),
+                name: set.to_owned(),
+            };
+            let replicas = snapshot.statefulsets.get(&key).copied().flatten();
+            if statefulset_keeps(pod, set, replicas) {
+                return Ok(Outcome::KeptForStatefulSet {
+                    statefulset: set.to_owned(),
+                });
+            }
+        }
+        let Ok(releases) = release_attachment(&self.state, &request);
+        self.apply(releases.clone());
+        if let Some(pod) = &pod {
+            // The endpoint keeps what the pod still holds: what this DEL released goes, and
+            // whatever an earlier DEL released without getting to write the endpoint.
+            let holder = self
+                .draft(pod)
+                .current
+                .as_ref()
+                .map(|current| current.uid.clone());
+            if let Some(uid) = holder.filter(|uid| runtime_uid.as_ref().is_none_or(|runtime| runtime == uid))
+            {
+                let held = held_pairs(&self.state, &OwnerKey::Pod(uid));
+                let draft = self.draft(pod);
+                if let Some(current) = draft.current.as_mut() {
+                    current.retain_held(&held);
+                    if current.ips.is_empty() {
+                        draft.current = None;
+                    }
+                }
+            }
+        }
+        Ok(Outcome::Released(releases))
+    }
+
+    fn abandon(&mut self, pod: &PodRef, uid: &str) -> Outcome {
+        let endpoint = self.draft(pod).current.clone();
+        let releases = uncommitted(&self.state, pod, uid, endpoint.as_ref());
+        self.apply(releases.clone());
+        Outcome::Abandoned(releases)
+    }
+
+    fn sweep(
+        &mut self,
+        now: Seconds,
+        policy: GcPolicy,
+        suspects: &BTreeMap<(String, IpAddr), Seconds>,
+        pools: &Pools,
+    ) -> Outcome {
+        let mut view = self.snapshot.view();
+        view.endpoints = self
+            .endpoints
+            .iter()
+            .filter_map(|(pod, endpoint)| Some((pod.clone(), endpoint.as_ref()?.object.clone())))
+            .collect();
+        let swept = gc::sweep(&pools.held(), &view, suspects, now, policy);
+        self.apply(swept.collected.iter().map(|c| c.change.clone()).collect());
+        for pod in &swept.orphaned_endpoints {
+            self.draft(pod).current = None;
+        }
+        Outcome::Swept(swept)
+    }
+}
+
+/// How long a batch keeps trying after conflicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// Rounds in all, the first included.
+    pub attempts: u32,
+    /// The backoff after the first conflict; it doubles up to `max_backoff`. Each wait is
+    /// drawn uniformly below it by the adapter ("full jitter"), so that colliding writers
+    /// spread out.
+    pub first_backoff: Duration,
+    /// The largest backoff.
+    pub max_backoff: Duration,
+    /// No new round starts after this much time.
+    pub deadline: Duration,
+}
+
+impl Default for RetryBudget {
+    fn default() -> RetryBudget {
+        RetryBudget {
+            attempts: 64,
+            first_backoff: Duration::from_millis(2),
+            max_backoff: Duration::from_millis(250),
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryBudget {
+    /// The ceiling of the wait before retry `retry` (1 for the first): exponential, capped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spiderpool_core::round::RetryBudget;
+    /// let budget = RetryBudget::default();
+    /// assert_eq!(budget.backoff(1), Duration::from_millis(2));
+    /// assert_eq!(budget.backoff(3), Duration::from_millis(8));
+    /// assert_eq!(budget.backoff(40), Duration::from_millis(250));
+    /// ```
+    pub fn backoff(&self, retry: u32) -> Duration {
+        self.first_backoff
+            .saturating_mul(1 << retry.saturating_sub(1).min(16))
+            .min(self.max_backoff)
+    }
+}
+
+/// Why a batch could not serve a call. `E` is the adapter's failure to read or write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoundError<E> {
+    /// Refused on what was read.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Other writers kept changing the same pools for the whole budget.
+    #[error(
+        "pools {pools:?} kept changing under {attempts} attempts ({conflicts} conflicts in {elapsed:?}); try again"
+    )]
+    Contended {
+        /// The pools whose writes conflicted last.
+        pools: Vec<String>,
+        /// Rounds made.
+        attempts: u32,
+        /// Conflicts met.
+        conflicts: u32,
+        /// Time spent.
+        elapsed: Duration,
+    },
+    /// Other writers kept changing the pod's endpoint; what was written stays uncommitted,
+    /// and is released by compensation, the pod's next ADD or the collector.
+    #[error("the SpiderEndpoint of pod {pod} kept changing under {attempts} attempts; try again")]
+    EndpointContended {
+        /// The pod.
+        pod: PodRef,
+        /// Rounds made.
+        attempts: u32,
+    },
+    /// The adapter could not read or write.
+    #[error(transparent)]
+    Api(E),
+}
+
+/// What a write came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written<E> {
+    /// Done.
+    Done,
+    /// Refused: the object changed since it was read (or, for a create, exists).
+    Conflict,
+    /// Failed otherwise.
+    Failed(E),
+}
+
+/// What a [`Batch`] asks its adapter to do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<'a> {
+    /// Read these objects, then call [`Batch::read`].
+    Read(Reads),
+    /// Write this pool's status, then call [`Batch::pool_written`].
+    WritePool(&'a PoolWrite),
+    /// Make these endpoint writes (at once), then call [`Batch::endpoints_written`] with a
+    /// result per write, in order.
+    WriteEndpoints(&'a [EndpointWrite]),
+    /// Wait a duration drawn uniformly below this one, then call [`Batch::waited`].
+    Wait(Duration),
+    /// Nothing left: every call has its answer.
+    Done,
+}
+
+enum Stage {
+    Read,
+    Pools { decision: Decision, next: usize },
+    Endpoints { decision: Decision },
+    Wait(Duration),
+    Done,
+}
+
+/// Why a call is served again.
+#[derive(Clone)]
+enum Cause {
+    Pool(String),
+    Endpoint(PodRef),
+}
+
+/// The calls of one batch, served round after round until each has its answer: the protocol
+/// of the cluster mode as a state machine, without IO.
+///
+/// ```
+/// use std::time::Duration;
+/// use spiderpool_core::round::{Batch, Call, RetryBudget, Step};
+/// use spiderpool_core::RuntimeFacts;
+/// let facts = RuntimeFacts { container_id: "c1".into(), interface: "eth0".into(), ..Default::default() };
+/// let mut batch: Batch<String> = Batch::new(vec![Call::Add(facts)], RetryBudget::default(), Duration::ZERO);
+/// // The first thing to do is to read the pools.
+/// let Step::Read(reads) = batch.poll(Duration::ZERO) else { panic!() };
+/// assert!(reads.pools);
+/// ```
+pub struct Batch<E> {
+    calls: Vec<Call>,
+    /// Calls from this index on are compensations: their outcomes are not answers.
+    answered_calls: usize,
+    results: Vec<Option<Result<Outcome, RoundError<E>>>>,
+    fresh: Vec<usize>,
+    serving: Vec<usize>,
+    causes: BTreeMap<usize, Cause>,
+    snapshot: Snapshot,
+    budget: RetryBudget,
+    started: Duration,
+    now: Duration,
+    rounds: u32,
+    conflicts: u32,
+    /// ADD calls some of whose pool writes succeeded and that have no successful answer:
+    /// what compensation looks at.
+    wrote: BTreeSet<usize>,
+    compensating: bool,
+    /// Whether a compensation failed: what it would have released stays for the collector.
+    uncompensated: bool,
+    stage: Stage,
+}
+
+impl<E: Clone> Batch<E> {
+    /// A batch of `calls`, started at `now` (any monotonic clock of the adapter's).
+    pub fn new(calls: Vec<Call>, budget: RetryBudget, now: Duration) -> Batch<E> {
+        let count = calls.len();
+        Batch {
+            calls,
+            answered_calls: count,
+            results: (0..count).map(|_| None).collect(),
+            fresh: Vec::new(),
+            serving: (0..count).collect(),
+            causes: BTreeMap::new(),
+            snapshot: Snapshot::default(),
+            budget,
+            started: now,
+            now,
+            rounds: 1,
+            conflicts: 0,
+            wrote: BTreeSet::new(),
+            compensating: false,
+            uncompensated: false,
+            stage: Stage::Read,
+        }
+    }
+
+    /// Facts already read (a pod the caller just read, say): the batch reads them no more.
+    pub fn with_snapshot(mut self, snapshot: Snapshot) -> Batch<E> {
+        self.snapshot.merge(snapshot);
+        self
+    }
+
+    /// What to do next, at `now`.
+    pub fn poll(&mut self, now: Duration) -> Step<'_> {
+        self.now = now;
+        // A decision may settle every call at once and start a compensation round.
+        while matches!(self.stage, Stage::Read) {
+            let calls = self.serving_calls();
+            let wanted = reads(&calls, &self.snapshot);
+            if !wanted.is_empty() {
+                return Step::Read(wanted);
+            }
+            let decision = decide(&calls, &mut self.snapshot);
+            self.begin_writes(decision);
+        }
+        match &self.stage {
+            Stage::Read => unreachable!("the loop above leaves the read stage"),
+            Stage::Pools { decision, next } => Step::WritePool(&decision.pool_writes[*next]),
+            Stage::Endpoints { decision } => Step::WriteEndpoints(&decision.endpoint_writes),
+            Stage::Wait(ceiling) => Step::Wait(*ceiling),
+            Stage::Done => Step::Done,
+        }
+    }
+
+    /// What was read for the last [`Step::Read`], or why it could not be.
+    pub fn read(&mut self, read: Result<Snapshot, E>) {
+        match read {
+            Ok(read) => self.snapshot.merge(read),
+            Err(error) => {
+                let serving = std::mem::take(&mut self.serving);
+                self.fail(&serving, error);
+                self.finish();
+            }
+        }
+    }
+
+    /// How the last [`Step::WritePool`] went.
+    pub fn pool_written(&mut self, written: Written<E>) {
+        let Stage::Pools { decision, next } = &mut self.stage else {
+            return;
+        };
+        match written {
+            Written::Done => {
+                for (&call, decided) in self.serving.iter().zip(&decision.outcomes) {
+                    if matches!(self.calls[call], Call::Add(_)) && decided.commit != Commit::Now {
+                        self.wrote.insert(call);
+                    }
+                }
+                *next += 1;
+                if *next == decision.pool_writes.len() {
+                    let Stage::Pools { decision, .. } = std::mem::replace(&mut self.stage, Stage::Done)
+                    else {
+                        unreachable!()
+                    };
+                    self.pools_written(decision);
+                }
+            }
+            Written::Conflict => {
+                let pool = decision.pool_writes[*next].pool.clone();
+                let Stage::Pools { decision, .. } = std::mem::replace(&mut self.stage, Stage::Done) else {
+                    unreachable!()
+                };
+                self.conflicts += 1;
+                let again = self.unsettled(&decision, |_| true);
+                self.retry(again, Cause::Pool(pool));
+            }
+            Written::Failed(error) => {
+                let Stage::Pools { decision, .. } = std::mem::replace(&mut self.stage, Stage::Done) else {
+                    unreachable!()
+                };
+                let failed = self.unsettled(&decision, |_| true);
+                // The write may have been made, its answer lost: compensate as if it was.
+                for &call in &failed {
+                    if matches!(self.calls[call], Call::Add(_)) {
+                        self.wrote.insert(call);
+                    }
+                }
+                self.fail(&failed, error);
+                self.finish();
+            }
+        }
+    }
+
+    /// How the endpoint writes of the last [`Step::WriteEndpoints`] went, in order.
+    pub fn endpoints_written(&mut self, results: Vec<Written<E>>) {
+        let Stage::Endpoints { decision } = std::mem::replace(&mut self.stage, Stage::Done) else {
+            return;
+        };
+        let mut again = Vec::new();
+        let mut cause = None;
+        for (&call, decided) in self.serving.clone().iter().zip(decision.outcomes) {
+            let index = match decided.commit {
+                Commit::Endpoint(index) => index,
+                Commit::Endpoints => {
+                    let outcome = decided.outcome.map(|outcome| match outcome {
+                        Outcome::Swept(mut sweep) => {
+                            sweep.orphaned_endpoints.retain(|pod| {
+                                decision
+                                    .endpoint_writes
+                                    .iter()
+                                    .zip(&results)
+                                    .any(|(write, result)| {
+                                        write.pod == *pod && matches!(result, Written::Done)
+                                    })
+                            });
+                            Outcome::Swept(sweep)
+                        }
+                        other => other,
+                    });
+                    self.settle(call, outcome.map_err(RoundError::Refused));
+                    continue;
+                }
+                Commit::Now | Commit::Pools => continue,
+            };
+            match results.get(index) {
+                Some(Written::Done) => self.settle(call, decided.outcome.map_err(RoundError::Refused)),
+                Some(Written::Failed(error)) => self.settle(call, Err(RoundError::Api(error.clone()))),
+                Some(Written::Conflict) | None => {
+                    cause = Some(Cause::Endpoint(decision.endpoint_writes[index].pod.clone()));
+                    again.push(call);
+                }
+            }
+        }
+        self.conflicts += results.iter().filter(|r| matches!(r, Written::Conflict)).count() as u32;
+        match cause {
+            Some(cause) => self.retry(again, cause),
+            None => self.finish(),
+        }
+    }
+
+    /// The wait of the last [`Step::Wait`] is over.
+    pub fn waited(&mut self) {
+        if matches!(self.stage, Stage::Wait(_)) {
+            self.stage = Stage::Read;
+        }
+    }
+
+    /// The answers settled since the last call, by the index of the call in the batch.
+    pub fn answers(&mut self) -> Vec<(usize, Result<Outcome, RoundError<E>>)> {
+        let fresh = std::mem::take(&mut self.fresh);
+        fresh
+            .into_iter()
+            .filter_map(|call| Some((call, self.results[call].take()?)))
+            .collect()
+    }
+
+    /// Rounds made so far.
+    pub fn rounds(&self) -> u32 {
+        self.rounds
+    }
+
+    /// Conflicts met so far.
+    pub fn conflicts(&self) -> u32 {
+        self.conflicts
+    }
+
+    /// Whether an ADD that failed after writing could not be compensated (the API server
+    /// failed, or the pools kept changing): its records stay uncommitted until the pod's next
+    /// ADD or the collector releases them.
+    pub fn left_uncommitted(&self) -> bool {
+        self.uncompensated
+    }
+
+    fn serving_calls(&self) -> Vec<Call> {
+        self.serving
+            .iter()
+            .map(|&call| self.calls[call].clone())
+            .collect()
+    }
+
+    /// Gives `call` its answer (compensations have none to give), and stops serving it.
+    fn settle(&mut self, call: usize, result: Result<Outcome, RoundError<E>>) {
+        if result.is_ok() {
+            self.wrote.remove(&call);
+        } else if call >= self.answered_calls {
+            self.uncompensated = true;
+        }
+        if call < self.answered_calls {
+            self.results[call] = Some(result);
+            self.fresh.push(call);
+        }
+        self.serving.retain(|&serving| serving != call);
+    }
+
+    fn fail(&mut self, calls: &[usize], error: E) {
+        for &call in calls {
+            self.settle(call, Err(RoundError::Api(error.clone())));
+        }
+    }
+
+    /// The calls of a decision whose outcome did not stand yet and that `keep` selects.
+    fn unsettled(&self, decision: &Decision, keep: impl Fn(&Decided) -> bool) -> Vec<usize> {
+        self.serving
+            .iter()
+            .zip(&decision.outcomes)
+            .filter(|(_, decided)| decided.commit != Commit::Now && keep(decided))
+            .map(|(&call, _)| call)
+            .collect()
+    }
+
+    fn begin_writes(&mut self, decision: Decision) {
+        // What stands now is answered now, whatever the writes do.
+        for (&call, decided) in self.serving.clone().iter().zip(&decision.outcomes) {
+            if decided.commit == Commit::Now {
+                self.settle(call, decided.outcome.clone().map_err(RoundError::Refused));
+            }
+        }
+        let decision = Decision {
+            outcomes: decision
+                .outcomes
+                .into_iter()
+                .filter(|d| d.commit != Commit::Now)
+                .collect(),
+            ..decision
+        };
+        if decision.pool_writes.is_empty() {
+            self.pools_written(decision);
+        } else {
+            self.stage = Stage::Pools { decision, next: 0 };
+        }
+    }
+
+    fn pools_written(&mut self, decision: Decision) {
+        let mut outcomes = Vec::new();
+        for (&call, decided) in self.serving.clone().iter().zip(decision.outcomes) {
+            if decided.commit == Commit::Pools {
+                self.settle(call, decided.outcome.map_err(RoundError::Refused));
+            } else {
+                outcomes.push(decided);
+            }
+        }
+        let decision = Decision { outcomes, ..decision };
+        if decision.endpoint_writes.is_empty() {
+            self.finish();
+        } else {
+            self.stage = Stage::Endpoints { decision };
+        }
+    }
+
+    /// Serves `calls` again in a new round after a backoff, or gives up on them when the
+    /// budget is spent.
+    fn retry(&mut self, calls: Vec<usize>, cause: Cause) {
+        for &call in &calls {
+            self.causes.insert(call, cause.clone());
+        }
+        self.serving = calls;
+        let elapsed = self.now.saturating_sub(self.started);
+        if self.rounds >= self.budget.attempts || elapsed >= self.budget.deadline {
+            for call in self.serving.clone() {
+                let error = match &self.causes[&call] {
+                    Cause::Pool(pool) => RoundError::Contended {
+                        pools: vec![pool.clone()],
+                        attempts: self.rounds,
+                        conflicts: self.conflicts,
+                        elapsed,
+                    },
+                    Cause::Endpoint(pod) => RoundError::EndpointContended {
+                        pod: pod.clone(),
+                        attempts: self.rounds,
+                    },
+                };
+                self.settle(call, Err(error));
+            }
+            self.finish();
+            return;
+        }
+        self.stage = Stage::Wait(self.budget.backoff(self.rounds));
+        self.rounds += 1;
+    }
+
+    /// Every served call has its answer: compensate for ADDs that failed after writing, or
+    /// stop.
+    fn finish(&mut self) {
+        if !self.serving.is_empty() {
+            self.stage = Stage::Read;
+            return;
+        }
+        // Calls stay in `wrote` only when they failed.
+        let failed = std::mem::take(&mut self.wrote);
+        if self.compensating || failed.is_empty() {
+            self.stage = Stage::Done;
+            return;
+        }
+        self.compensating = true;
+        for call in failed {
+            let Call::Add(facts) = &self.calls[call] else {
+                continue;
+            };
+            let record = facts
+                .pod_ref()
+                .and_then(|pod| Some((self.snapshot.pods.get(&pod)?.as_ref()?, pod)));
+            let Some((record, pod)) = record else {
+                self.uncompensated = true;
+                continue;
+            };
+            let uid = record.uid.clone();
+            self.serving.push(self.calls.len());
+            self.calls.push(Call::Abandon { pod, uid });
+        }
+        // A short budget of its own: if the API server is gone, the collector releases them.
+        self.budget = RetryBudget {
+            attempts: self.rounds + 5,
+            deadline: self.now.saturating_sub(self.started) + self.budget.max_backoff * 5,
+            ..self.budget
+        };
+        self.stage = if self.serving.is_empty() {
+            Stage::Done
+        } else {
+            Stage::Read
+        };
+    }
+}
