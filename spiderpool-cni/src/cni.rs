@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use spiderpool_core::Subnet;
+use spiderpool_core::{IpVersion, Plan, Subnet};
 
 /// A version of the CNI specification this plugin speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,13 +61,13 @@ impl SpecVersion {
 }
 
 impl FromStr for SpecVersion {
-    type Err = CniError;
+    type Err = ProtocolError;
 
-    fn from_str(text: &str) -> Result<SpecVersion, CniError> {
+    fn from_str(text: &str) -> Result<SpecVersion, ProtocolError> {
         SpecVersion::SUPPORTED
             .into_iter()
             .find(|version| version.as_str() == text)
-            .ok_or_else(|| CniError::incompatible_version(text))
+            .ok_or_else(|| ProtocolError::incompatible_version(text))
     }
 }
 
@@ -95,9 +95,9 @@ pub enum Command {
 }
 
 impl FromStr for Command {
-    type Err = CniError;
+    type Err = ProtocolError;
 
-    fn from_str(text: &str) -> Result<Command, CniError> {
+    fn from_str(text: &str) -> Result<Command, ProtocolError> {
         Ok(match text {
             "ADD" => Command::Add,
             "DEL" => Command::Del,
@@ -106,8 +106,7 @@ impl FromStr for Command {
             "STATUS" => Command::Status,
             "VERSION" => Command::Version,
             other => {
-                return Err(CniError::new(
-                    codes::INVALID_ENVIRONMENT,
+                return Err(ProtocolError::environment(
                     format!("CNI_COMMAND: {other:?} is not a CNI command"),
                     "use ADD, DEL, CHECK, GC, STATUS or VERSION",
                 ));
@@ -155,7 +154,9 @@ pub mod codes {
     pub const STATE_REFUSED: u32 = 102;
 }
 
-/// An error as the CNI specification shapes it: a code, a message and details.
+/// An error as the CNI specification shapes it: a code, a message and details. Which code a
+/// failure gets is decided in one place, [`crate::failure::Failure::code`]; this is the
+/// rendered form, printed on stdout (and carried from the node agent to the plugin).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}{}", details.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
 pub struct CniError {
@@ -178,21 +179,6 @@ impl CniError {
         }
     }
 
-    /// Code 1, for a `cniVersion` this plugin does not speak.
-    pub fn incompatible_version(found: &str) -> CniError {
-        let supported: Vec<&str> = SpecVersion::SUPPORTED.iter().map(|v| v.as_str()).collect();
-        CniError::new(
-            codes::INCOMPATIBLE_VERSION,
-            "incompatible CNI versions",
-            format!("config is {found:?}, plugin supports {supported:?}; set cniVersion to one of them"),
-        )
-    }
-
-    /// Code 7, for a network configuration that cannot be used.
-    pub fn invalid_config(msg: impl Into<String>, details: impl Into<String>) -> CniError {
-        CniError::new(codes::INVALID_CONFIG, msg, details)
-    }
-
     /// The error JSON, as printed on stdout.
     pub fn to_json(&self, version: &str) -> Value {
         let mut error = json!({"cniVersion": version, "code": self.code, "msg": self.msg});
@@ -203,11 +189,63 @@ impl CniError {
     }
 }
 
-/// What cannot happen maps to no CNI error: lets a refusal over the in-memory state (whose
-/// queries cannot fail) and one over the store share one mapping.
-impl From<std::convert::Infallible> for CniError {
-    fn from(never: std::convert::Infallible) -> CniError {
-        match never {}
+/// Which rule of the CNI specification a call breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breach {
+    /// A `cniVersion` this plugin does not speak, or too old for the command.
+    IncompatibleVersion,
+    /// A missing or malformed environment variable.
+    InvalidEnvironment,
+    /// Input that cannot be decoded at all.
+    Undecodable,
+    /// A network configuration that cannot be used.
+    InvalidConfig,
+}
+
+/// What is wrong with a call as the runtime made it: the breach, what was found, and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{msg}{}", if details.is_empty() { String::new() } else { format!(": {details}") })]
+pub struct ProtocolError {
+    /// The rule broken.
+    pub breach: Breach,
+    /// What was found, naming the field or variable.
+    pub msg: String,
+    /// The facts and the fix.
+    pub details: String,
+}
+
+impl ProtocolError {
+    fn new(breach: Breach, msg: impl Into<String>, details: impl Into<String>) -> ProtocolError {
+        ProtocolError {
+            breach,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+
+    /// A `cniVersion` this plugin does not speak.
+    pub fn incompatible_version(found: &str) -> ProtocolError {
+        let supported: Vec<&str> = SpecVersion::SUPPORTED.iter().map(|v| v.as_str()).collect();
+        ProtocolError::new(
+            Breach::IncompatibleVersion,
+            "incompatible CNI versions",
+            format!("config is {found:?}, plugin supports {supported:?}; set cniVersion to one of them"),
+        )
+    }
+
+    /// A missing or malformed environment variable.
+    pub fn environment(msg: impl Into<String>, details: impl Into<String>) -> ProtocolError {
+        ProtocolError::new(Breach::InvalidEnvironment, msg, details)
+    }
+
+    /// A network configuration that cannot be used.
+    pub fn config(msg: impl Into<String>, details: impl Into<String>) -> ProtocolError {
+        ProtocolError::new(Breach::InvalidConfig, msg, details)
+    }
+
+    /// Input that cannot be decoded.
+    pub fn undecodable(msg: impl Into<String>, details: impl Into<String>) -> ProtocolError {
+        ProtocolError::new(Breach::Undecodable, msg, details)
     }
 }
 
@@ -218,14 +256,13 @@ pub struct CniArgs(Vec<(String, String)>);
 impl CniArgs {
     /// Parses the text; a pair without `=` or with an empty key is refused. Unknown keys are
     /// kept and ignored, as runtimes send `IgnoreUnknown=1` and more.
-    pub fn parse(text: &str) -> Result<CniArgs, CniError> {
+    pub fn parse(text: &str) -> Result<CniArgs, ProtocolError> {
         let mut pairs = Vec::new();
         for pair in text.split(';').filter(|pair| !pair.is_empty()) {
             match pair.split_once('=') {
                 Some((key, value)) if !key.is_empty() => pairs.push((key.to_owned(), value.to_owned())),
                 _ => {
-                    return Err(CniError::new(
-                        codes::INVALID_ENVIRONMENT,
+                    return Err(ProtocolError::environment(
                         format!("CNI_ARGS: invalid pair {pair:?}"),
                         "write KEY=VALUE pairs separated by ';', for example K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
                     ));
@@ -264,7 +301,10 @@ pub struct Invocation {
 impl Invocation {
     /// Reads and checks the environment for `command`, naming every missing or malformed
     /// variable.
-    pub fn from_env(command: Command, var: impl Fn(&str) -> Option<String>) -> Result<Invocation, CniError> {
+    pub fn from_env(
+        command: Command,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Invocation, ProtocolError> {
         let get = |name: &str| var(name).filter(|value| !value.is_empty());
         let container_id = get("CNI_CONTAINERID");
         let netns = get("CNI_NETNS");
@@ -287,8 +327,7 @@ impl Invocation {
             .map(|(name, _)| *name)
             .collect();
         if !missing.is_empty() {
-            return Err(CniError::new(
-                codes::INVALID_ENVIRONMENT,
+            return Err(ProtocolError::environment(
                 format!(
                     "required environment variables missing for {command}: {}",
                     missing.join(", ")
@@ -303,8 +342,7 @@ impl Invocation {
                     .iter()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
             if !valid {
-                return Err(CniError::new(
-                    codes::INVALID_ENVIRONMENT,
+                return Err(ProtocolError::environment(
                     format!("CNI_CONTAINERID: {id:?} is not a valid container ID"),
                     "it must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
                 ));
@@ -316,8 +354,7 @@ impl Invocation {
                 && name != ".."
                 && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
             if !valid {
-                return Err(CniError::new(
-                    codes::INVALID_ENVIRONMENT,
+                return Err(ProtocolError::environment(
                     format!("CNI_IFNAME: {name:?} is not a valid interface name"),
                     "use at most 15 characters, without '/', ':' or spaces",
                 ));
@@ -459,7 +496,7 @@ pub struct PodMetadata {
 }
 
 /// Deserializes `value` into `T`, naming the field path in the error.
-fn from_value<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, CniError> {
+fn from_value<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ProtocolError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let field = if path == "." {
@@ -467,7 +504,7 @@ fn from_value<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Res
         } else {
             format!("{prefix}.{path}")
         };
-        CniError::invalid_config(
+        ProtocolError::config(
             format!("{field}: {}", err.inner()),
             "fix the network configuration",
         )
@@ -476,22 +513,21 @@ fn from_value<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Res
 
 impl NetworkConfig {
     /// Parses stdin. Malformed JSON is code 6; a known field of the wrong type is code 7.
-    pub fn parse(stdin: &[u8]) -> Result<NetworkConfig, CniError> {
+    pub fn parse(stdin: &[u8]) -> Result<NetworkConfig, ProtocolError> {
         let value: Value = serde_json::from_slice(stdin).map_err(|err| {
-            CniError::new(
-                codes::DECODING_FAILURE,
+            ProtocolError::undecodable(
                 format!("the network configuration on stdin is not valid JSON: {err}"),
                 "the runtime passes the network configuration as JSON on stdin",
             )
         })?;
         if !value.is_object() {
-            return Err(CniError::invalid_config(
+            return Err(ProtocolError::config(
                 "the network configuration is not a JSON object",
                 "write {\"cniVersion\": ..., \"name\": ..., \"ipam\": {\"type\": \"spiderpool\", ...}}",
             ));
         }
         if value.get("cniVersion").is_none() {
-            return Err(CniError::invalid_config(
+            return Err(ProtocolError::config(
                 "cniVersion: missing",
                 "add \"cniVersion\", for example \"1.0.0\"",
             ));
@@ -500,12 +536,12 @@ impl NetworkConfig {
     }
 
     /// The version, checked against the command.
-    pub fn version_for(&self, command: Command) -> Result<SpecVersion, CniError> {
+    pub fn version_for(&self, command: Command) -> Result<SpecVersion, ProtocolError> {
         let version: SpecVersion = self.cni_version.parse()?;
         let needed = SpecVersion::introducing(command);
         if version < needed {
-            return Err(CniError::new(
-                codes::INCOMPATIBLE_VERSION,
+            return Err(ProtocolError::new(
+                Breach::IncompatibleVersion,
                 "incompatible CNI versions",
                 format!(
                     "config version {version} does not allow {command}; it needs cniVersion {needed} or later"
@@ -516,16 +552,16 @@ impl NetworkConfig {
     }
 
     /// The `ipam` section, checked.
-    pub fn ipam(&self) -> Result<IpamConfig, CniError> {
+    pub fn ipam(&self) -> Result<IpamConfig, ProtocolError> {
         let section = self.ipam.clone().ok_or_else(|| {
-            CniError::invalid_config(
+            ProtocolError::config(
                 "ipam: missing",
                 "add \"ipam\": {\"type\": \"spiderpool\", \"ippools_path\": \"/etc/cni/spiderpool/ippools.yaml\"}",
             )
         })?;
         let ipam: IpamConfig = from_value(section, "ipam")?;
         if ipam.plugin_type != "spiderpool" {
-            return Err(CniError::invalid_config(
+            return Err(ProtocolError::config(
                 format!("ipam.type: {:?} is not this plugin", ipam.plugin_type),
                 "set \"type\": \"spiderpool\"",
             ));
@@ -534,7 +570,7 @@ impl NetworkConfig {
     }
 
     /// `args.cni`, or nothing.
-    pub fn pod_metadata(&self) -> Result<PodMetadata, CniError> {
+    pub fn pod_metadata(&self) -> Result<PodMetadata, ProtocolError> {
         match self.args.as_ref().and_then(|args| args.get("cni")) {
             None | Some(Value::Null) => Ok(PodMetadata::default()),
             Some(cni) => from_value(cni.clone(), "args.cni"),
@@ -543,7 +579,8 @@ impl NetworkConfig {
 }
 
 /// One address of a result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResultAddress {
     /// The address.
     pub address: IpAddr,
@@ -554,7 +591,8 @@ pub struct ResultAddress {
 }
 
 /// One route of a result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResultRoute {
     /// The destination.
     pub dst: Subnet,
@@ -563,7 +601,8 @@ pub struct ResultRoute {
 }
 
 /// What an IPAM plugin answers to ADD: addresses and routes, no interfaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IpamResult {
     /// The addresses.
     pub ips: Vec<ResultAddress>,
@@ -604,10 +643,55 @@ impl IpamResult {
     }
 }
 
+/// The ADD result for `interface`: its addresses with their gateways, the pools' routes, and
+/// the default route through the gateway when the interface carries it.
+pub fn result_of(plan: &Plan, interface: &str) -> IpamResult {
+    let mut result = IpamResult {
+        ips: Vec::new(),
+        routes: Vec::new(),
+    };
+    let Some(entry) = plan.interface(interface) else {
+        return result;
+    };
+    for assigned in &entry.addresses {
+        result.ips.push(ResultAddress {
+            address: assigned.address,
+            subnet: assigned.subnet,
+            gateway: assigned.gateway,
+        });
+        let mut routes: Vec<ResultRoute> = assigned
+            .routes
+            .iter()
+            .map(|route| ResultRoute {
+                dst: route.dst,
+                gw: Some(route.gateway),
+            })
+            .collect();
+        if let (true, Some(gateway)) = (entry.default_route, assigned.gateway) {
+            let everything = match IpVersion::of(assigned.address) {
+                IpVersion::V4 => "0.0.0.0/0",
+                IpVersion::V6 => "::/0",
+            };
+            routes.push(ResultRoute {
+                dst: everything
+                    .parse::<Subnet>()
+                    .expect("the default destination parses"),
+                gw: Some(gateway),
+            });
+        }
+        for route in routes {
+            if !result.routes.iter().any(|r| r.dst == route.dst) {
+                result.routes.push(route);
+            }
+        }
+    }
+    result
+}
+
 /// The addresses (`address` fields, prefix dropped) of a `prevResult`.
-pub fn prev_result_addresses(prev: &Value) -> Result<Vec<IpAddr>, CniError> {
+pub fn prev_result_addresses(prev: &Value) -> Result<Vec<IpAddr>, ProtocolError> {
     let bad = |why: String| {
-        CniError::invalid_config(format!("prevResult: {why}"), "the runtime passes the ADD result")
+        ProtocolError::config(format!("prevResult: {why}"), "the runtime passes the ADD result")
     };
     let ips = prev
         .get("ips")
@@ -654,7 +738,7 @@ mod tests {
             assert_eq!(version.as_str().parse::<SpecVersion>().unwrap(), version);
         }
         let err = "0.2.0".parse::<SpecVersion>().unwrap_err();
-        assert_eq!(err.code, codes::INCOMPATIBLE_VERSION);
+        assert_eq!(err.breach, Breach::IncompatibleVersion);
         assert!(
             err.to_string()
                 .contains("plugin supports [\"0.3.0\", \"0.3.1\", \"0.4.0\", \"1.0.0\", \"1.1.0\"]")
@@ -664,7 +748,7 @@ mod tests {
     #[test]
     fn commands_need_their_variables() {
         let err = Invocation::from_env(Command::Add, env(&[("CNI_IFNAME", "eth0")])).unwrap_err();
-        assert_eq!(err.code, codes::INVALID_ENVIRONMENT);
+        assert_eq!(err.breach, Breach::InvalidEnvironment);
         assert_eq!(
             err.msg,
             "required environment variables missing for ADD: CNI_CONTAINERID, CNI_NETNS"
@@ -732,11 +816,11 @@ mod tests {
     #[test]
     fn configurations_name_the_bad_field() {
         let err = NetworkConfig::parse(b"{not json").unwrap_err();
-        assert_eq!(err.code, codes::DECODING_FAILURE);
+        assert_eq!(err.breach, Breach::Undecodable);
         let err = NetworkConfig::parse(br#"{"name": "n"}"#).unwrap_err();
         assert_eq!(
-            (err.code, err.msg.as_str()),
-            (codes::INVALID_CONFIG, "cniVersion: missing")
+            (err.breach, err.msg.as_str()),
+            (Breach::InvalidConfig, "cniVersion: missing")
         );
         let config = NetworkConfig::parse(
             br#"{"cniVersion": "1.0.0", "name": "n", "type": "macvlan", "master": "eth0",
@@ -744,7 +828,7 @@ mod tests {
         )
         .unwrap();
         let err = config.ipam().unwrap_err();
-        assert_eq!(err.code, codes::INVALID_CONFIG);
+        assert_eq!(err.breach, Breach::InvalidConfig);
         assert!(
             err.msg
                 .starts_with("ipam.ippools_pth: unknown field `ippools_pth`"),

@@ -9,6 +9,8 @@ use spiderpool_core::Request;
 use spiderpool_core::render_table;
 use spiderpool_core::scenario::{NETWORK_ZONES_YAML, network_zones_pods};
 
+use crate::cni::IpamConfig;
+use crate::listing::{Format, Settings};
 use crate::netns::{CniAttachment, CniCall, NetnsError, PingReport, Topology, Uplink};
 use crate::plugin::{Answer, run};
 
@@ -89,16 +91,16 @@ impl ScenarioFiles {
 
     /// `kubectl get spiderippool`, as `spiderpool ippool list` prints it.
     fn pool_table(&self) -> Result<String, String> {
-        let cli = crate::cli::Cli {
-            ippools: Some(self.pools.clone()),
-            data_dir: Some(self.data_dir.clone()),
-            config: None,
-            output: crate::cli::Format::Table,
-            command: crate::cli::Command::Ippool {
-                command: crate::cli::IppoolCommand::List,
+        let settings = Settings {
+            ipam: IpamConfig {
+                plugin_type: "spiderpool".into(),
+                ippools_path: Some(self.pools.clone()),
+                data_dir: Some(self.data_dir.clone()),
+                ..IpamConfig::default()
             },
+            network: None,
         };
-        crate::cli::run(&cli).map_err(|err| format!("listing the pools: {err}"))
+        crate::listing::pools(&settings, Format::Table).map_err(|err| format!("listing the pools: {err}"))
     }
 }
 

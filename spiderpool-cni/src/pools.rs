@@ -11,7 +11,7 @@ use spiderpool_core::{
     PoolCatalog, Resource, SpiderIPPool, SpiderReservedIP, parse_documents, parse_resource,
 };
 
-use crate::cni::{CniError, IpamConfig};
+use crate::cni::IpamConfig;
 use crate::store::Transaction;
 
 /// Why pool definitions cannot be read.
@@ -41,12 +41,6 @@ pub enum PoolsError {
         /// What is wrong.
         reason: String,
     },
-}
-
-impl From<PoolsError> for CniError {
-    fn from(error: PoolsError) -> CniError {
-        CniError::invalid_config(error.to_string(), "fix the pool definitions; nothing was changed")
-    }
 }
 
 /// The pool files `ippools_path` names: the file itself, or the `.yaml`, `.yml` and `.json`

@@ -518,8 +518,8 @@ const HOLDER_COLUMNS: &str = "owner_kind, owner_id, interface, pod_namespace, po
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{change}: the stored state changed under the plan; try again")]
 pub struct Conflict {
-    /// The change, described.
-    pub change: String,
+    /// The change.
+    pub change: Box<Change>,
 }
 
 impl Transaction<'_> {
@@ -625,7 +625,7 @@ impl Transaction<'_> {
         let key = key(address);
         let conflict = || {
             ApplyFailure::Conflict(Conflict {
-                change: format!("{change:?}"),
+                change: Box::new(change.clone()),
             })
         };
         match self.family(pool)? {
@@ -920,7 +920,7 @@ mod tests {
     use super::*;
     use crate::cni::codes;
     use crate::demo::TemporaryDir;
-    use crate::plugin::refusal;
+    use crate::failure::Failure;
 
     /// A store in a new directory holding one pool, `p`, whose first address 10.6.0.10 is held
     /// by container `c1`; the catalog and the request that allocated it.
@@ -999,12 +999,12 @@ mod tests {
             .expect("the reads ran");
         // Through the plugin's path: the CNI error of the store's failure, and nothing written.
         let added = store.write(|transaction| {
-            let plan = allocate(&catalog, transaction, &other).map_err(refusal)?;
+            let plan = allocate(&catalog, transaction, &other)?;
             transaction.apply(&plan.changes, "net")?;
-            Ok::<_, crate::cni::CniError>(plan)
+            Ok::<_, Failure>(plan)
         });
         let error = added.expect_err("an ADD over a damaged store fails");
-        assert_eq!(error.code, codes::IO_FAILURE, "{error}");
+        assert_eq!(error.code(), codes::IO_FAILURE, "{error}");
         drop(store);
         tamper(&dir, "ALTER TABLE allocations_moved RENAME TO allocations");
 
@@ -1055,7 +1055,7 @@ mod tests {
                     matches!(error, AllocateError::State(StoreError::Busy { .. })),
                     "{error:?}"
                 );
-                let cni = refusal(error);
+                let cni = Failure::from(error).render();
                 assert_eq!(cni.code, codes::TRY_AGAIN_LATER, "{cni}");
                 assert!(cni.msg.contains("stayed locked by other plugin calls"), "{cni}");
                 Ok::<_, StoreError>(())

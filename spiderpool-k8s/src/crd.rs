@@ -11,7 +11,8 @@ use kube::core::{CustomResourceExt, Resource};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use spiderpool_core::{IPPoolSpec, IPPoolStatus, ReservedIPSpec};
+pub use spiderpool_core::EndpointInterface;
+use spiderpool_core::{EndpointSpec, IPPoolSpec, IPPoolStatus, ObjectMeta, ReservedIPSpec};
 
 /// The API group of every resource here.
 pub const GROUP: &str = "spiderpool.spidernet.io";
@@ -56,11 +57,11 @@ pub struct SpiderIPPoolSpec(pub IPPoolSpec);
 #[schemars(transparent, description = "Addresses no pool hands out.")]
 pub struct SpiderReservedIPSpec(pub ReservedIPSpec);
 
-/// The allocations of one pod, in its namespace under its name: what it holds, on which node,
-/// and who owns it (a StatefulSet pod keeps its addresses across re-creation).
+/// The allocations of one pod, in its namespace under its name: the core's [`EndpointSpec`],
+/// the commit record of the pod's allocations (see `docs/decisions/0008-cluster-round.md`).
 ///
-/// Spiderpool keeps these facts in `status.current`; here they are the spec, so that an
-/// allocation writes its endpoint in one request (see `docs/decisions/0007-cluster-storage.md`).
+/// The derive also generates [`SpiderEndpoint`], the namespaced object, with the printer
+/// columns of `kubectl get spiderendpoint`.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "spiderpool.spidernet.io",
@@ -75,56 +76,12 @@ pub struct SpiderReservedIPSpec(pub ReservedIPSpec);
     printcolumn = r#"{"name": "IPV6", "type": "string", "jsonPath": ".spec.ips[0].ipv6"}"#,
     printcolumn = r#"{"name": "NODE", "type": "string", "jsonPath": ".spec.node"}"#
 )]
-#[serde(rename_all = "camelCase")]
-pub struct SpiderEndpointSpec {
-    /// The UID of the pod holding the addresses.
-    pub uid: String,
-    /// The node the pod runs on.
-    pub node: String,
-    /// The sandbox (container ID) of the last ADD.
-    #[serde(default, rename = "containerID", skip_serializing_if = "String::is_empty")]
-    pub container_id: String,
-    /// The kind of the pod's controller (`StatefulSet`, `ReplicaSet`, ...), or `Pod`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub owner_controller_type: String,
-    /// The name of the pod's controller.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub owner_controller_name: String,
-    /// One entry per interface.
-    #[serde(default)]
-    pub ips: Vec<EndpointInterface>,
-}
-
-/// The addresses of one interface of a pod.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointInterface {
-    /// The interface name.
-    pub interface: String,
-    /// The pool of the IPv4 address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv4_pool: Option<String>,
-    /// The IPv4 address with its prefix length, e.g. `10.6.168.60/16`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv4: Option<String>,
-    /// The IPv4 gateway.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("format" = "ipv4"))]
-    pub ipv4_gateway: Option<String>,
-    /// The pool of the IPv6 address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6_pool: Option<String>,
-    /// The IPv6 address with its prefix length.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6: Option<String>,
-    /// The IPv6 gateway.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("format" = "ipv6"))]
-    pub ipv6_gateway: Option<String>,
-    /// Whether the interface gets no default route.
-    #[serde(default)]
-    pub clean_gateway: bool,
-}
+#[serde(transparent)]
+#[schemars(
+    transparent,
+    description = "The addresses one pod holds, its node and its controller: the commit record of its allocations."
+)]
+pub struct SpiderEndpointSpec(pub EndpointSpec);
 
 /// A Multus network for Spiderpool's IPAM: the controller renders and owns the
 /// `NetworkAttachmentDefinition` of the same namespace and name.
@@ -242,4 +199,44 @@ pub fn crd_manifest(crd: &CustomResourceDefinition) -> String {
         "# Generated from spiderpool-k8s/src/crd.rs; do not edit.\n\
          # Regenerate: SPIDERPOOL_UPDATE_CRDS=1 cargo test -p spiderpool-k8s --test crds\n{yaml}"
     )
+}
+
+/// The core's metadata of an object read from the API server.
+fn core_meta(metadata: &kube::core::ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: metadata.name.clone().unwrap_or_default(),
+        labels: metadata.labels.clone().unwrap_or_default(),
+        annotations: metadata.annotations.clone().unwrap_or_default(),
+        deletion_timestamp: metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|time| time.0.to_string()),
+        resource_version: metadata.resource_version.clone(),
+        uid: metadata.uid.clone(),
+    }
+}
+
+impl SpiderIPPool {
+    /// The pool as the engine reads it, with its version and status.
+    pub fn to_core(&self) -> spiderpool_core::SpiderIPPool {
+        spiderpool_core::SpiderIPPool {
+            api_version: spiderpool_core::API_VERSION.into(),
+            kind: "SpiderIPPool".into(),
+            metadata: core_meta(&self.metadata),
+            spec: self.spec.0.clone(),
+            status: self.status.clone(),
+        }
+    }
+}
+
+impl SpiderReservedIP {
+    /// The reserved addresses as the engine reads them.
+    pub fn to_core(&self) -> spiderpool_core::SpiderReservedIP {
+        spiderpool_core::SpiderReservedIP {
+            api_version: spiderpool_core::API_VERSION.into(),
+            kind: "SpiderReservedIP".into(),
+            metadata: core_meta(&self.metadata),
+            spec: self.spec.0.clone(),
+        }
+    }
 }

@@ -12,11 +12,10 @@ pub mod multus;
 pub mod webhook;
 
 pub use batch::Batcher;
-pub use cluster::{
-    Allocation, ClusterError, ClusterStore, Release, RetryBudget, StoreCounters, documents, held_addresses,
-};
+pub use cluster::{ApiFailure, BatchCost, ClusterError, ClusterStore, StoreCounters, pod_record};
 pub use crd::{
     EndpointInterface, LinkConfig, NetworkPools, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
     SpiderIPPoolSpec, SpiderMultusConfig, SpiderMultusConfigSpec, SpiderReservedIP, SpiderReservedIPSpec,
     SriovConfig, crd_manifest, crds,
 };
+pub use spiderpool_core::round::RetryBudget;

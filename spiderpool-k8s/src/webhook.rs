@@ -374,13 +374,7 @@ async fn existing_pools(client: &Client) -> Result<Vec<spiderpool_core::SpiderIP
     let pools = Api::<SpiderIPPool>::all(client.clone())
         .list(&ListParams::default())
         .await?;
-    Ok(crate::cluster::documents(&pools.items, &[])
-        .into_iter()
-        .filter_map(|document| match document.resource {
-            spiderpool_core::Resource::IpPool(pool) => Some(*pool),
-            _ => None,
-        })
-        .collect())
+    Ok(pools.items.iter().map(SpiderIPPool::to_core).collect())
 }
 
 #[cfg(test)]

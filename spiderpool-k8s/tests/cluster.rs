@@ -14,15 +14,30 @@ use common::{
 };
 use kube::Api;
 use spiderpool_core::annotations::POD_IPPOOL;
-use spiderpool_core::{AllocationState, OwnerKey, Request};
-use spiderpool_k8s::{ClusterError, ClusterStore, SpiderEndpoint, SpiderIPPool};
+use spiderpool_core::round::{Refusal, RoundError};
+use spiderpool_core::{AllocationState, OwnerKey, Plan, PodIdentity, RuntimeFacts};
+use spiderpool_k8s::{ApiFailure, ClusterStore, SpiderEndpoint, SpiderIPPool};
 
-/// The request a runtime's ADD makes for `eth0` of a pod: the rest comes from the API.
-fn request(namespace: &str, pod: &str, container: &str) -> Request {
-    let mut request = Request::new(container, "eth0");
-    request.pod.namespace = namespace.into();
-    request.pod.name = pod.into();
-    request
+/// What a runtime knows of an ADD or DEL for `eth0` of a pod: the rest comes from the API.
+fn request(namespace: &str, pod: &str, container: &str) -> RuntimeFacts {
+    RuntimeFacts {
+        container_id: container.into(),
+        interface: "eth0".into(),
+        pod: Some(PodIdentity {
+            namespace: namespace.into(),
+            name: pod.into(),
+            uid: None,
+        }),
+        ..RuntimeFacts::default()
+    }
+}
+
+/// The same call with the pod's UID, as a runtime gives it.
+fn with_uid(mut facts: RuntimeFacts, uid: String) -> RuntimeFacts {
+    if let Some(pod) = facts.pod.as_mut() {
+        pod.uid = Some(uid);
+    }
+    facts
 }
 
 fn namespace_yaml(name: &str) -> String {
@@ -38,8 +53,8 @@ fn pool_yaml(test: &str, name: &str, subnet: &str, ips: &str, node: &str) -> Str
 }
 
 /// The first address of `interface` in a plan.
-fn address_of(allocation: &spiderpool_k8s::Allocation) -> IpAddr {
-    allocation.plan.interfaces[0].addresses[0].address
+fn address_of(plan: &Plan) -> IpAddr {
+    plan.interfaces[0].addresses[0].address
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,9 +91,9 @@ async fn the_seed_at_the_api_level_prints_the_seed_table() {
         .get("test-app-nkq5h")
         .await
         .expect("the endpoint of test-app-nkq5h");
-    assert_eq!(endpoint.spec.node, "worker-node-1");
-    assert_eq!(endpoint.spec.ips[0].ipv4.as_deref(), Some("10.7.168.60/16"));
-    assert_eq!(endpoint.spec.ips[0].ipv4_pool.as_deref(), Some("test-ippool-7"));
+    assert_eq!(endpoint.spec.0.node, "worker-node-1");
+    assert_eq!(endpoint.spec.0.ips[0].ipv4.as_deref(), Some("10.7.168.60/16"));
+    assert_eq!(endpoint.spec.0.ips[0].ipv4_pool.as_deref(), Some("test-ippool-7"));
 
     // ADD again: the same address, nothing written.
     let again = store
@@ -86,13 +101,15 @@ async fn the_seed_at_the_api_level_prints_the_seed_table() {
         .await
         .expect("ADD again");
     assert_eq!(address_of(&again), address_of(&first));
-    assert!(again.plan.changes.is_empty());
+    assert!(again.changes.is_empty());
 
     for (pod, container) in [("test-app-j9ftl", "c-j9ftl"), ("test-app-nkq5h", "c-nkq5h")] {
-        let mut del = request("default", pod, container);
-        del.pod.uid = Some(endpoint_uid(&store, "default", pod).await);
-        store.release(&del).await.expect("DEL");
-        store.release(&del).await.expect("DEL again");
+        let del = with_uid(
+            request("default", pod, container),
+            endpoint_uid(&store, "default", pod).await,
+        );
+        store.release(del.clone()).await.expect("DEL");
+        store.release(del).await.expect("DEL again");
     }
     let table = allocated_counts(&config, &["test-ippool-6", "test-ippool-7"]);
     assert_eq!(table, "0\n0\n");
@@ -136,15 +153,16 @@ async fn fifty_concurrent_allocators_on_one_pool_converge_without_duplicates() {
     kubectl(&config, &["apply", "-f", "-"], &objects);
 
     let client = client(&config).await;
+    // Fifty allocators, each its own store, sharing one set of counters.
+    let shared = ClusterStore::new(client.clone());
     let tasks: Vec<_> = (0..50)
         .map(|index| {
-            let store = ClusterStore::new(client.clone());
+            let store = shared.with_client(client.clone());
             let request = request(&namespace, &format!("pod-{index}"), &format!("c-{index}"));
             tokio::spawn(async move { store.allocate(request).await })
         })
         .collect();
     let mut addresses = BTreeSet::new();
-    let mut conflicts = Vec::new();
     for task in tasks {
         let allocation = task
             .await
@@ -155,16 +173,17 @@ async fn fifty_concurrent_allocators_on_one_pool_converge_without_duplicates() {
             "duplicate {}",
             address_of(&allocation)
         );
-        conflicts.push(allocation.conflicts);
     }
-    let total: u32 = conflicts.iter().sum();
+    let total = shared
+        .counters()
+        .conflicts
+        .load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "conflict storm: 50 allocations, {total} conflicts ({:.2} per allocation, at most {} for one)",
-        f64::from(total) / 50.0,
-        conflicts.iter().max().unwrap_or(&0)
+        "conflict storm: 50 allocations, {total} conflicts ({:.2} per allocation)",
+        total as f64 / 50.0
     );
     let store = ClusterStore::new(client.clone());
-    let (_, state) = store.state().await.expect("the state");
+    let state = store.pools().await.expect("the state").state;
     assert_eq!(state.allocated_count(&pool), Ok(50));
     let Ok(allocations) = state.allocations(&pool);
     let held: BTreeSet<IpAddr> = allocations.into_iter().map(|(address, _)| address).collect();
@@ -204,7 +223,7 @@ async fn dual_stack_across_two_pools_is_all_or_nothing_and_recovers_a_half_write
         .allocate(request(&namespace, "first", "c1"))
         .await
         .expect("dual-stack ADD");
-    let families: Vec<bool> = first.plan.interfaces[0]
+    let families: Vec<bool> = first.interfaces[0]
         .addresses
         .iter()
         .map(|a| a.address.is_ipv4())
@@ -213,8 +232,11 @@ async fn dual_stack_across_two_pools_is_all_or_nothing_and_recovers_a_half_write
 
     // The IPv6 pool has one address: the second pod gets nothing, not even its IPv4 address.
     let refused = store.allocate(request(&namespace, "second", "c2")).await;
-    assert!(matches!(refused, Err(ClusterError::Refused(_))), "{refused:?}");
-    let (_, state) = store.state().await.expect("the state");
+    assert!(
+        matches!(refused, Err(RoundError::Refused(Refusal::Allocate(_)))),
+        "{refused:?}"
+    );
+    let state = store.pools().await.expect("the state").state;
     assert_eq!(
         state.allocated_count(&v4),
         Ok(1),
@@ -226,21 +248,23 @@ async fn dual_stack_across_two_pools_is_all_or_nothing_and_recovers_a_half_write
     let uid = endpoint_uid(&store, &namespace, "second").await;
     let leftover: IpAddr = "10.60.0.19".parse().unwrap();
     write_record(&client, &v4, leftover, &namespace, "second", &uid).await;
-    let mut del = request(&namespace, "first", "c1");
-    del.pod.uid = Some(endpoint_uid(&store, &namespace, "first").await);
-    store.release(&del).await.expect("DEL first");
+    let del = with_uid(
+        request(&namespace, "first", "c1"),
+        endpoint_uid(&store, &namespace, "first").await,
+    );
+    store.release(del).await.expect("DEL first");
     let second = store
         .allocate(request(&namespace, "second", "c2"))
         .await
         .expect("retried ADD");
-    let (_, state) = store.state().await.expect("the state");
+    let state = store.pools().await.expect("the state").state;
     let Ok(held) = state.held_by(&OwnerKey::Pod(uid));
     assert_eq!(held.len(), 2, "{held:?}");
     assert!(
         held.iter().all(|h| h.address != leftover),
         "the leftover record was released: {held:?}"
     );
-    assert_eq!(second.plan.interfaces[0].addresses.len(), 2);
+    assert_eq!(second.interfaces[0].addresses.len(), 2);
 
     kubectl(&config, &["delete", "namespace", &namespace, "--wait=false"], "");
     kubectl(&config, &["delete", "spiderippool", &v4, &v6], "");
@@ -298,7 +322,10 @@ async fn an_api_server_that_is_down_is_a_transient_error() {
         .allocate(request("default", "anything", "c"))
         .await
         .expect_err("no server, no allocation");
-    assert!(error.is_transient(), "{error}");
+    assert!(
+        matches!(error, RoundError::Api(ApiFailure::Request { .. })),
+        "{error}"
+    );
     assert!(
         error.to_string().contains("reading pod default/anything"),
         "{error}"
@@ -360,7 +387,7 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
     let mut gave_up = false;
     for _ in 0..20 {
         match store.allocate(request(&namespace, "web", "c-web")).await {
-            Err(ClusterError::Contended { pools, .. }) => {
+            Err(RoundError::Contended { pools, .. }) => {
                 assert_eq!(pools, std::slice::from_ref(&v6));
                 gave_up = true;
                 break;
@@ -368,12 +395,11 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
             // An attempt slipped between two churning writes: undo and try again.
             Ok(_) => {
                 paused.store(true, std::sync::atomic::Ordering::SeqCst);
-                let mut del = request(&namespace, "web", "c-web");
-                del.pod.uid = Some(endpoint_uid(&store, &namespace, "web").await);
-                ClusterStore::new(client.clone())
-                    .release(&del)
-                    .await
-                    .expect("DEL");
+                let del = with_uid(
+                    request(&namespace, "web", "c-web"),
+                    endpoint_uid(&store, &namespace, "web").await,
+                );
+                ClusterStore::new(client.clone()).release(del).await.expect("DEL");
                 paused.store(false, std::sync::atomic::Ordering::SeqCst);
             }
             Err(other) => panic!("{other}"),
@@ -381,10 +407,11 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
     }
     churn.abort();
     assert!(gave_up, "the churning writer never made the allocation give up");
-    let (_, state) = ClusterStore::new(client.clone())
-        .state()
+    let state = ClusterStore::new(client.clone())
+        .pools()
         .await
-        .expect("the state");
+        .expect("the state")
+        .state;
     assert_eq!(
         state.allocated_count(&v4),
         Ok(0),
@@ -435,7 +462,10 @@ async fn an_invalid_pool_stops_the_add_and_a_deleted_pool_still_lets_pods_go() {
         .await
         .expect_err("an invalid candidate stops the ADD");
     let text = refused.to_string();
-    assert!(matches!(refused, ClusterError::Refused(_)), "{text}");
+    assert!(
+        matches!(refused, RoundError::Refused(Refusal::Allocate(_))),
+        "{text}"
+    );
     assert!(
         text.contains(&bad) && text.contains("spec.gateway: 10.99.0.1 is outside subnet 10.62.0.0/16"),
         "{text}"
@@ -449,9 +479,11 @@ async fn an_invalid_pool_stops_the_add_and_a_deleted_pool_still_lets_pods_go() {
         .expect("ADD");
     assert_eq!(address_of(&held).to_string(), "10.63.0.10");
     kubectl(&config, &["delete", "spiderippool", &good], "");
-    let mut del = request(&namespace, "second", "c2");
-    del.pod.uid = Some(endpoint_uid(&store, &namespace, "second").await);
-    store.release(&del).await.expect("DEL with the pool gone");
+    let del = with_uid(
+        request(&namespace, "second", "c2"),
+        endpoint_uid(&store, &namespace, "second").await,
+    );
+    store.release(del).await.expect("DEL with the pool gone");
     let endpoints: Api<SpiderEndpoint> = Api::namespaced(store.client().clone(), &namespace);
     assert!(endpoints.get_opt("second").await.expect("reading").is_none());
     let missing = store

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use spiderpool_core::annotations::POD_IPPOOL;
 use spiderpool_core::gc::{GcPolicy, GcReason};
-use spiderpool_core::{AllocationState, Change, OwnerKey, Request};
+use spiderpool_core::{AllocationState, Change, OwnerKey, PodIdentity, RuntimeFacts};
 use spiderpool_k8s::gc::{Collector, SweepReport, unix_now};
 use spiderpool_k8s::{ClusterStore, SpiderEndpoint};
 
@@ -77,11 +77,18 @@ impl Fixture {
     }
 
     async fn allocate(&self, pod: &str) -> IpAddr {
-        let mut request = Request::new(format!("c-{pod}"), "eth0");
-        request.pod.namespace = self.namespace.clone();
-        request.pod.name = pod.into();
-        let allocation = self.store.allocate(request).await.expect("ADD");
-        allocation.plan.interfaces[0].addresses[0].address
+        let facts = RuntimeFacts {
+            container_id: format!("c-{pod}"),
+            interface: "eth0".into(),
+            pod: Some(PodIdentity {
+                namespace: self.namespace.clone(),
+                name: pod.into(),
+                uid: None,
+            }),
+            ..RuntimeFacts::default()
+        };
+        let plan = self.store.allocate(facts).await.expect("ADD");
+        plan.interfaces[0].addresses[0].address
     }
 
     fn delete_pod(&self, pod: &str) {
@@ -102,7 +109,7 @@ impl Fixture {
     }
 
     async fn held(&self) -> Vec<IpAddr> {
-        let (_, state) = self.store.state().await.expect("the state");
+        let state = self.store.pools().await.expect("the state").state;
         let Ok(allocations) = state.allocations(&self.pool);
         allocations.into_iter().map(|(address, _)| address).collect()
     }
@@ -285,11 +292,11 @@ async fn a_statefulset_pod_keeps_its_address_across_re_creation() {
         .metadata
         .uid
         .expect("a UID");
-    let (_, state) = fixture.store.state().await.expect("the state");
+    let state = fixture.store.pools().await.expect("the state").state;
     let Ok(held) = state.held_by(&OwnerKey::Pod(new_uid.clone()));
     assert_eq!(held.len(), 1);
     assert_eq!(
-        fixture.endpoint("db-0").await.expect("the endpoint").spec.uid,
+        fixture.endpoint("db-0").await.expect("the endpoint").spec.0.uid,
         new_uid
     );
     assert!(

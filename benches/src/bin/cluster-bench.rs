@@ -26,7 +26,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use spiderpool_core::Request;
+use spiderpool_core::round::{Call, Outcome};
+use spiderpool_core::{Plan, PodIdentity, RuntimeFacts};
 use spiderpool_k8s::{Batcher, ClusterStore, SpiderIPPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -112,11 +113,18 @@ async fn run(args: &Args) -> Result<(), String> {
     create_objects(&direct, &id, &namespace, args).await?;
     println!("setup: {:.1} s (not counted)", setup.elapsed().as_secs_f64());
 
-    let requests: Vec<(usize, Request)> = (0..args.pods)
+    let requests: Vec<(usize, RuntimeFacts)> = (0..args.pods)
         .map(|index| {
-            let mut request = Request::new(format!("c-{index}"), "eth0");
-            request.pod.namespace = namespace.clone();
-            request.pod.name = format!("pod-{index}");
+            let request = RuntimeFacts {
+                container_id: format!("c-{index}"),
+                interface: "eth0".into(),
+                pod: Some(PodIdentity {
+                    namespace: namespace.clone(),
+                    name: format!("pod-{index}"),
+                    uid: None,
+                }),
+                ..RuntimeFacts::default()
+            };
             (index % args.nodes, request)
         })
         .collect();
@@ -156,8 +164,7 @@ async fn run(args: &Args) -> Result<(), String> {
     }
     let started = Instant::now();
     let mut tasks: tokio::task::JoinSet<(Result<IpAddr, String>, Duration)> = tokio::task::JoinSet::new();
-    let first_address =
-        |allocation: spiderpool_k8s::Allocation| allocation.plan.interfaces[0].addresses[0].address;
+    let first_address = |plan: Plan| plan.interfaces[0].addresses[0].address;
     match args.mode {
         Mode::Agent => {
             let mut batchers = Vec::new();
@@ -170,7 +177,13 @@ async fn run(args: &Args) -> Result<(), String> {
                 let batcher = batchers[node].clone();
                 tasks.spawn(async move {
                     let began = Instant::now();
-                    let result = batcher.allocate(request).await.map(first_address);
+                    let result = batcher
+                        .serve(Call::Add(request))
+                        .await
+                        .map(|outcome| match outcome {
+                            Outcome::Added(plan) => first_address(plan),
+                            other => unreachable!("an ADD is answered with addresses, not {other:?}"),
+                        });
                     (result.map_err(|err| err.to_string()), began.elapsed())
                 });
             }
@@ -231,10 +244,11 @@ async fn run(args: &Args) -> Result<(), String> {
     let writes = counters_store.counters().pool_writes.load(Ordering::Relaxed);
 
     // Duplicates as the API server records them, not only as answered.
-    let (_, state) = ClusterStore::new(direct.clone())
-        .state()
+    let state = ClusterStore::new(direct.clone())
+        .pools()
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| err.to_string())?
+        .state;
     let mut recorded = 0;
     let mut seen = BTreeSet::new();
     for zone in ["a", "b"] {
@@ -282,8 +296,9 @@ async fn run(args: &Args) -> Result<(), String> {
 async fn plugin_add(
     binary: &std::path::Path,
     socket: &std::path::Path,
-    request: &Request,
+    request: &RuntimeFacts,
 ) -> Result<IpAddr, String> {
+    let pod = request.pod.clone().unwrap_or_default();
     use tokio::io::AsyncWriteExt as _;
     let config = serde_json::json!({
         "cniVersion": "1.0.0", "name": "bench", "type": "macvlan",
@@ -300,7 +315,7 @@ async fn plugin_add(
             "CNI_ARGS",
             format!(
                 "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
-                request.pod.namespace, request.pod.name
+                pod.namespace, pod.name
             ),
         )
         .stdin(std::process::Stdio::piped())
