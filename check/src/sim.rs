@@ -28,8 +28,8 @@ use std::time::Duration;
 use fastrand::Rng;
 use spiderpool_core::gc::{GcPolicy, Seconds};
 use spiderpool_core::round::{
-    Batch, Call, EndpointChange, EndpointWrite, Outcome, PoolWrite, Pools, Reads, RetryBudget, RoundError,
-    Snapshot, Step, Versioned, Written,
+    Batch, Call, EndpointChange, EndpointWrite, Outcome, Poll, PoolWrite, Pools, Reads, RetryBudget,
+    RoundError, Snapshot, Step, Versioned, Written,
 };
 use spiderpool_core::{
     Attachment, Controller, EndpointSpec, IPPoolStatus, IpVersion, NamespaceFacts, NetworkFacts, OwnerKey,
@@ -154,6 +154,9 @@ struct Faults {
     /// Of an agent's step: the process dies, and restarts a little later.
     crash: f64,
 }
+
+/// A call's answer, by its index in its batch.
+type Answer = (usize, Result<Outcome, RoundError<Fault>>);
 
 /// An object with the version a compare-and-swap presents.
 #[derive(Debug, Clone)]
@@ -1007,8 +1010,8 @@ impl World {
         }
         let mut running = self.agents[index].running.take().expect("a batch runs");
         let actor = format!("agent {}", self.agents[index].node);
-        let done = self.step_batch(&actor, &mut running);
-        for (call, result) in running.batch.answers() {
+        let (done, answers) = self.step_batch(&actor, &mut running);
+        for (call, result) in answers {
             let id = running.ids[call];
             if result.is_err() && matches!(self.calls.get(&id), Some((_, Call::Add(_)))) {
                 self.failed_adds.insert(id);
@@ -1043,8 +1046,8 @@ impl World {
                 wake: self.now,
             },
         };
-        let done = self.step_batch("collector", &mut running);
-        for (_, result) in running.batch.answers() {
+        let (done, answers) = self.step_batch("collector", &mut running);
+        for (_, result) in answers {
             if let Ok(Outcome::Swept(sweep)) = result {
                 for collected in &sweep.collected {
                     self.log(format!(
@@ -1066,9 +1069,12 @@ impl World {
         Ok(())
     }
 
-    /// One step of a batch against the server; whether the batch is done.
-    fn step_batch(&mut self, actor: &str, running: &mut Running) -> bool {
-        match running.batch.poll(self.now) {
+    /// One step of a batch against the server: whether the batch is done, and the answers
+    /// that stood before the step.
+    fn step_batch(&mut self, actor: &str, running: &mut Running) -> (bool, Vec<Answer>) {
+        let Poll { step, answers } = running.batch.poll(self.now);
+        let done = matches!(step, Step::Done);
+        match step {
             Step::Read(reads) => {
                 self.log(format!("{actor}: reads {}", describe_reads(&reads)));
                 let read = if self.chance(self.faults.failure) {
@@ -1113,9 +1119,9 @@ impl World {
                 running.wake = self.now + Duration::from_nanos(self.rng.u64(0..=nanos));
                 running.batch.waited();
             }
-            Step::Done => return true,
+            Step::Done => {}
         }
-        false
+        (done, answers)
     }
 
     /// A write through the faults: a 409 although nothing changed, a failure before or after
@@ -1457,17 +1463,21 @@ impl World {
                 calls: Vec::new(),
                 wake: self.now,
             };
-            while !self.step_batch("collector", &mut running) {
-                self.now = self.now.max(running.wake);
-            }
-            for (_, result) in running.batch.answers() {
-                match result {
-                    Ok(Outcome::Swept(sweep)) => {
-                        self.tally.collected += sweep.collected.len();
-                        self.collector.suspects = sweep.suspects;
+            loop {
+                let (done, answers) = self.step_batch("collector", &mut running);
+                for (_, result) in answers {
+                    match result {
+                        Ok(Outcome::Swept(sweep)) => {
+                            self.tally.collected += sweep.collected.len();
+                            self.collector.suspects = sweep.suspects;
+                        }
+                        other => return Err(self.violation(format!("the final sweep failed: {other:?}"))),
                     }
-                    other => return Err(self.violation(format!("the final sweep failed: {other:?}"))),
                 }
+                if done {
+                    break;
+                }
+                self.now = self.now.max(running.wake);
             }
         }
         self.check_settled()?;

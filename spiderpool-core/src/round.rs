@@ -897,6 +897,16 @@ pub enum Written<E> {
     Failed(E),
 }
 
+/// What [`Batch::poll`] returns: the next step, and the answers that stood since the last
+/// poll, by the index of the call in the batch.
+#[derive(Debug)]
+pub struct Poll<'a, E> {
+    /// What to do next.
+    pub step: Step<'a>,
+    /// Calls whose outcome stands now.
+    pub answers: Vec<(usize, Result<Outcome, RoundError<E>>)>,
+}
+
 /// What a [`Batch`] asks its adapter to do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step<'a> {
@@ -938,7 +948,7 @@ enum Cause {
 /// let facts = RuntimeFacts { container_id: "c1".into(), interface: "eth0".into(), ..Default::default() };
 /// let mut batch: Batch<String> = Batch::new(vec![Call::Add(facts)], RetryBudget::default(), Duration::ZERO);
 /// // The first thing to do is to read the pools.
-/// let Step::Read(reads) = batch.poll(Duration::ZERO) else { panic!() };
+/// let Step::Read(reads) = batch.poll(Duration::ZERO).step else { panic!() };
 /// assert!(reads.pools);
 /// ```
 pub struct Batch<E> {
@@ -994,26 +1004,42 @@ impl<E: Clone> Batch<E> {
         self
     }
 
-    /// What to do next, at `now`.
-    pub fn poll(&mut self, now: Duration) -> Step<'_> {
+    /// What to do next, at `now`, with the answers that stood since the last poll: an
+    /// adapter hands them out before it does the step, so that none waits for later writes
+    /// (and none is lost when the step is [`Step::Done`]).
+    pub fn poll(&mut self, now: Duration) -> Poll<'_, E> {
         self.now = now;
+        let step = self.next_step();
+        let fresh = std::mem::take(&mut self.fresh);
+        let answers = fresh
+            .into_iter()
+            .filter_map(|call| Some((call, self.results[call].take()?)))
+            .collect();
+        let step = match &self.stage {
+            _ if step.is_some() => step.expect("checked"),
+            Stage::Read => unreachable!("the next step leaves the read stage or reads"),
+            Stage::Pools { decision, next } => Step::WritePool(&decision.pool_writes[*next]),
+            Stage::Endpoints { decision } => Step::WriteEndpoints(&decision.endpoint_writes),
+            Stage::Wait(ceiling) => Step::Wait(*ceiling),
+            Stage::Done => Step::Done,
+        };
+        Poll { step, answers }
+    }
+
+    /// Reads, or decides once everything is read; `None` when the step is a write, a wait or
+    /// the end.
+    fn next_step<'a>(&mut self) -> Option<Step<'a>> {
         // A decision may settle every call at once and start a compensation round.
         while matches!(self.stage, Stage::Read) {
             let calls = self.serving_calls();
             let wanted = reads(&calls, &self.snapshot);
             if !wanted.is_empty() {
-                return Step::Read(wanted);
+                return Some(Step::Read(wanted));
             }
             let decision = decide(&calls, &mut self.snapshot);
             self.begin_writes(decision);
         }
-        match &self.stage {
-            Stage::Read => unreachable!("the loop above leaves the read stage"),
-            Stage::Pools { decision, next } => Step::WritePool(&decision.pool_writes[*next]),
-            Stage::Endpoints { decision } => Step::WriteEndpoints(&decision.endpoint_writes),
-            Stage::Wait(ceiling) => Step::Wait(*ceiling),
-            Stage::Done => Step::Done,
-        }
+        None
     }
 
     /// What was read for the last [`Step::Read`], or why it could not be.
@@ -1127,15 +1153,6 @@ impl<E: Clone> Batch<E> {
         if matches!(self.stage, Stage::Wait(_)) {
             self.stage = Stage::Read;
         }
-    }
-
-    /// The answers settled since the last call, by the index of the call in the batch.
-    pub fn answers(&mut self) -> Vec<(usize, Result<Outcome, RoundError<E>>)> {
-        let fresh = std::mem::take(&mut self.fresh);
-        fresh
-            .into_iter()
-            .filter_map(|call| Some((call, self.results[call].take()?)))
-            .collect()
     }
 
     /// Rounds made so far.

@@ -16,8 +16,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Precon
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use spiderpool_core::round::{
-    Batch, Call, EndpointChange, EndpointWrite, Outcome, PoolWrite, Pools, Reads, RetryBudget, RoundError,
-    Snapshot, Step, Versioned, Written,
+    Batch, Call, EndpointChange, EndpointWrite, Outcome, Poll, PoolWrite, Pools, Reads, RetryBudget,
+    RoundError, Snapshot, Step, Versioned, Written,
 };
 use spiderpool_core::{
     Controller, NamespaceFacts, Plan, PodPhase, PodRecord, PodRef, RuntimeFacts, StatusStateError,
@@ -132,31 +132,39 @@ impl ClusterStore {
         let epoch = Instant::now();
         let mut batch: Batch<ApiFailure> = Batch::new(calls, self.budget, Duration::ZERO);
         loop {
-            match batch.poll(epoch.elapsed()) {
+            let Poll { step, answers } = batch.poll(epoch.elapsed());
+            for (index, result) in answers {
+                answer(index, result);
+            }
+            let done = match step {
                 Step::Read(reads) => {
                     let read = self.read(reads).await;
                     batch.read(read);
+                    false
                 }
                 Step::WritePool(write) => {
                     let write = write.clone();
                     batch.pool_written(self.write_pool(&write).await);
+                    false
                 }
                 Step::WriteEndpoints(writes) => {
                     let writes = writes.to_vec();
                     let results =
                         futures::future::join_all(writes.iter().map(|w| self.write_endpoint(w))).await;
                     batch.endpoints_written(results);
+                    false
                 }
                 Step::Wait(ceiling) => {
                     // Full jitter: a randomly keyed hash of the time draws below the ceiling.
                     let draw = RandomState::new().hash_one(Instant::now()) % 10_000;
                     tokio::time::sleep(ceiling.mul_f64(draw as f64 / 10_000.0)).await;
                     batch.waited();
+                    false
                 }
-                Step::Done => break,
-            }
-            for (index, result) in batch.answers() {
-                answer(index, result);
+                Step::Done => true,
+            };
+            if done {
+                break;
             }
         }
         BatchCost {

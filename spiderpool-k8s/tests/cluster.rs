@@ -326,8 +326,11 @@ async fn an_api_server_that_is_down_is_a_transient_error() {
         matches!(error, RoundError::Api(ApiFailure::Request { .. })),
         "{error}"
     );
+    // The first read of a round lists the pools (the pod is read at the same time).
     assert!(
-        error.to_string().contains("reading pod default/anything"),
+        error
+            .to_string()
+            .contains("kubernetes API: listing SpiderIPPools"),
         "{error}"
     );
 }
