@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Shows that the simulation of the cluster protocol notices each of its rules broken on
+# purpose. Every patch of check/sabotage/ breaks one rule of spiderpool-core/src/round.rs (its
+# first line says which); each is applied to a copy of the committed tree, and the simulation
+# must fail there. Prints the first violation of each. Not part of the test command: every
+# patch builds the core again (about a minute each on 2 cores).
+#
+#   bash scripts/sabotage.sh              # 10,000 schedules per patch, or SPIDERPOOL_SIM_SCHEDULES
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+schedules="${SPIDERPOOL_SIM_SCHEDULES:-10000}"
+work="$(mktemp -d "${TMPDIR:-/tmp}/spiderpool-sabotage.XXXXXX")"
+cleanup() {
+  git -C "$repo" worktree remove --force "$work/tree" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+git worktree add -q --detach "$work/tree" HEAD
+status=0
+for patch in check/sabotage/*.patch; do
+  git -C "$work/tree" checkout -q -- .
+  git -C "$work/tree" apply "$repo/$patch"
+  echo "== $patch: $(head -n1 "$patch" | sed 's/^# //')"
+  if output=$(cd "$work/tree" && CARGO_TARGET_DIR="$work/target" SPIDERPOOL_SIM_SCHEDULES="$schedules" \
+      cargo test -q -p spiderpool-check --test simulation 2>&1); then
+    echo "   NOT caught in $schedules schedules"
+    status=1
+  else
+    echo "   caught: $(grep -m1 'broke the protocol' <<<"$output" | sed 's/^.*schedule/schedule/')"
+  fi
+done
+exit "$status"
