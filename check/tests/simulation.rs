@@ -21,15 +21,24 @@ fn simulation_of_agents_and_a_collector_keeps_every_invariant() {
         .and_then(|count| count.parse().ok())
         .unwrap_or(10_000);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    // The first violation stops every worker.
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let tallies = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|worker| {
+                let stop = &stop;
                 scope.spawn(move || {
                     let mut tally = Tally::default();
                     for seed in (worker..schedules).step_by(threads as usize) {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
                         match run(seed) {
                             Ok(one) => tally += one,
-                            Err(violation) => return Err(violation),
+                            Err(violation) => {
+                                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                                return Err(violation);
+                            }
                         }
                     }
                     Ok(tally)
