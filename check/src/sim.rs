@@ -497,6 +497,62 @@ struct Running {
     pods: Vec<PodRef>,
     calls: Vec<Call>,
     wake: Duration,
+    /// The reads or endpoint writes of a step, made one per scheduler step.
+    pending: Option<Pending>,
+}
+
+/// What is left of a step whose requests are made one at a time.
+enum Pending {
+    /// Reads still to make, and what the ones made read.
+    Reads { parts: Vec<Reads>, read: Snapshot },
+    /// Endpoint writes still to make (by index, last first), and the results so far.
+    Endpoints {
+        writes: Vec<EndpointWrite>,
+        order: Vec<usize>,
+        results: Vec<Option<Written<Fault>>>,
+    },
+}
+
+/// The reads of a stage one by one: each kind of list, and each object.
+fn split(reads: &Reads) -> Vec<Reads> {
+    let mut parts = Vec::new();
+    let one = |edit: &dyn Fn(&mut Reads)| {
+        let mut part = Reads::default();
+        edit(&mut part);
+        part
+    };
+    if reads.pools {
+        parts.push(one(&|part| part.pools = true));
+    }
+    if reads.everything {
+        parts.push(one(&|part| part.everything = true));
+    }
+    for pod in &reads.pods {
+        parts.push(one(&|part| {
+            part.pods.insert(pod.clone());
+        }));
+    }
+    for namespace in &reads.namespaces {
+        parts.push(one(&|part| {
+            part.namespaces.insert(namespace.clone());
+        }));
+    }
+    for node in &reads.nodes {
+        parts.push(one(&|part| {
+            part.nodes.insert(node.clone());
+        }));
+    }
+    for pod in &reads.endpoints {
+        parts.push(one(&|part| {
+            part.endpoints.insert(pod.clone());
+        }));
+    }
+    for set in &reads.statefulsets {
+        parts.push(one(&|part| {
+            part.statefulsets.insert(set.clone());
+        }));
+    }
+    parts
 }
 
 /// A node's agent.
@@ -1006,6 +1062,7 @@ impl World {
                 pods,
                 calls,
                 wake: self.now,
+                pending: None,
             });
         }
         let mut running = self.agents[index].running.take().expect("a batch runs");
@@ -1027,24 +1084,30 @@ impl World {
         Ok(())
     }
 
+    /// A sweep of the collector, starting now.
+    fn sweep(&self) -> Running {
+        Running {
+            batch: Batch::new(
+                vec![Call::Sweep {
+                    now: seconds(self.now),
+                    policy: self.policy,
+                    suspects: self.collector.suspects.clone(),
+                }],
+                self.budget,
+                self.now,
+            ),
+            ids: vec![0],
+            pods: Vec::new(),
+            calls: Vec::new(),
+            wake: self.now,
+            pending: None,
+        }
+    }
+
     fn step_collector(&mut self) -> Result<(), Violation> {
         let mut running = match self.collector.running.take() {
             Some(running) => running,
-            None => Running {
-                batch: Batch::new(
-                    vec![Call::Sweep {
-                        now: seconds(self.now),
-                        policy: self.policy,
-                        suspects: self.collector.suspects.clone(),
-                    }],
-                    self.budget,
-                    self.now,
-                ),
-                ids: vec![0],
-                pods: Vec::new(),
-                calls: Vec::new(),
-                wake: self.now,
-            },
+            None => self.sweep(),
         };
         let (done, answers) = self.step_batch("collector", &mut running);
         for (_, result) in answers {
@@ -1070,19 +1133,26 @@ impl World {
     }
 
     /// One step of a batch against the server: whether the batch is done, and the answers
-    /// that stood before the step.
+    /// that stood before the step. The reads of a stage and the endpoint writes of a round
+    /// are made one per step, in any order, as concurrent requests land on a real server:
+    /// other actors' steps come between them.
     fn step_batch(&mut self, actor: &str, running: &mut Running) -> (bool, Vec<Answer>) {
+        if let Some(pending) = running.pending.take() {
+            self.step_pending(actor, running, pending);
+            return (false, Vec::new());
+        }
         let Poll { step, answers } = running.batch.poll(self.now);
         let done = matches!(step, Step::Done);
         match step {
             Step::Read(reads) => {
                 self.log(format!("{actor}: reads {}", describe_reads(&reads)));
-                let read = if self.chance(self.faults.failure) {
-                    Err(Fault("read failed"))
-                } else {
-                    Ok(self.server.read(&reads))
+                let mut parts = split(&reads);
+                self.rng.shuffle(&mut parts);
+                let pending = Pending::Reads {
+                    parts,
+                    read: Snapshot::default(),
                 };
-                running.batch.read(read);
+                self.step_pending(actor, running, pending);
             }
             Step::WritePool(write) => {
                 let write = write.clone();
@@ -1096,23 +1166,14 @@ impl World {
             }
             Step::WriteEndpoints(writes) => {
                 let writes = writes.to_vec();
-                // Made at once: in any order.
                 let mut order: Vec<usize> = (0..writes.len()).collect();
                 self.rng.shuffle(&mut order);
-                let mut results: Vec<Option<Written<Fault>>> = writes.iter().map(|_| None).collect();
-                for index in order {
-                    let write = &writes[index];
-                    let written = self.write(|server| server.write_endpoint(write));
-                    self.log(format!(
-                        "{actor}: write endpoint {} ({}): {written:?}",
-                        write.pod,
-                        change_kind(&write.change)
-                    ));
-                    results[index] = Some(written);
-                }
-                running
-                    .batch
-                    .endpoints_written(results.into_iter().map(|r| r.expect("written")).collect());
+                let pending = Pending::Endpoints {
+                    results: writes.iter().map(|_| None).collect(),
+                    writes,
+                    order,
+                };
+                self.step_pending(actor, running, pending);
             }
             Step::Wait(ceiling) => {
                 let nanos = ceiling.as_nanos() as u64;
@@ -1122,6 +1183,55 @@ impl World {
             Step::Done => {}
         }
         (done, answers)
+    }
+
+    /// One read or endpoint write of a step in progress; the batch hears when all are made.
+    fn step_pending(&mut self, actor: &str, running: &mut Running, pending: Pending) {
+        match pending {
+            Pending::Reads { mut parts, mut read } => {
+                let Some(part) = parts.pop() else {
+                    running.batch.read(Ok(read));
+                    return;
+                };
+                if self.chance(self.faults.failure) {
+                    self.log(format!("{actor}: read of {} failed", describe_reads(&part)));
+                    running.batch.read(Err(Fault("read failed")));
+                    return;
+                }
+                read.merge(self.server.read(&part));
+                if parts.is_empty() {
+                    running.batch.read(Ok(read));
+                } else {
+                    running.pending = Some(Pending::Reads { parts, read });
+                }
+            }
+            Pending::Endpoints {
+                writes,
+                mut order,
+                mut results,
+            } => {
+                let index = order.pop().expect("a write is pending");
+                let write = &writes[index];
+                let written = self.write(|server| server.write_endpoint(write));
+                self.log(format!(
+                    "{actor}: write endpoint {} ({}): {written:?}",
+                    write.pod,
+                    change_kind(&write.change)
+                ));
+                results[index] = Some(written);
+                if order.is_empty() {
+                    running
+                        .batch
+                        .endpoints_written(results.into_iter().map(|r| r.expect("written")).collect());
+                } else {
+                    running.pending = Some(Pending::Endpoints {
+                        writes,
+                        order,
+                        results,
+                    });
+                }
+            }
+        }
     }
 
     /// A write through the faults: a 409 although nothing changed, a failure before or after
@@ -1448,21 +1558,7 @@ impl World {
         };
         for _ in 0..3 {
             self.now += Duration::from_secs(2);
-            let mut running = Running {
-                batch: Batch::new(
-                    vec![Call::Sweep {
-                        now: seconds(self.now),
-                        policy: self.policy,
-                        suspects: self.collector.suspects.clone(),
-                    }],
-                    self.budget,
-                    self.now,
-                ),
-                ids: vec![0],
-                pods: Vec::new(),
-                calls: Vec::new(),
-                wake: self.now,
-            };
+            let mut running = self.sweep();
             loop {
                 let (done, answers) = self.step_batch("collector", &mut running);
                 for (_, result) in answers {

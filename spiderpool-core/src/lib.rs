@@ -17,6 +17,9 @@
 //!    the changes to write, or an error listing every candidate and why it could not serve.
 //! 4. [`release`] returns the changes that free an owner's addresses; [`explain`] shows every
 //!    verdict; [`usage`], [`pool_status`] and [`render_pool_table`] report.
+//! 5. In a cluster, [`round`] serves batches of CNI calls against API objects written with
+//!    compare-and-swap: what to read, the writes to make in order, each call's answer, and
+//!    the retries and compensation, as a state machine an adapter feeds with IO results.
 //!
 //! The allocation state is read through the [`AllocationState`] trait, whose queries an index
 //! answers directly; [`InMemoryState`] implements it in memory.
