@@ -6,6 +6,7 @@
 # patch builds the core again (about a minute each on 2 cores).
 #
 #   bash scripts/sabotage.sh              # 10,000 schedules per patch, or SPIDERPOOL_SIM_SCHEDULES
+#   bash scripts/sabotage.sh check/sabotage/no-compensation.patch     # one patch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
@@ -18,7 +19,10 @@ cleanup() {
 trap cleanup EXIT
 git worktree add -q --detach "$work/tree" HEAD
 status=0
-for patch in check/sabotage/*.patch; do
+if [ "$#" -eq 0 ]; then
+  set -- check/sabotage/*.patch
+fi
+for patch in "$@"; do
   git -C "$work/tree" checkout -q -- .
   git -C "$work/tree" apply "$repo/$patch"
   echo "== $patch: $(head -n1 "$patch" | sed 's/^# //')"
