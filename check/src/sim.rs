@@ -1697,3 +1697,233 @@ fn change_kind(change: &EndpointChange) -> &'static str {
 pub fn run(seed: u64) -> Result<Tally, Violation> {
     World::new(seed).run()
 }
+
+/// The simulated API server driven by hand, without faults: rounds served one batch at a time,
+/// for example tests of the round's rules. The cluster is the simulation's: pools `a4`, `a6`
+/// (nodes `n1`, `n2`), `b4`, `b6` (node `n3`), `m4` (every node), `10.1.0.12` reserved.
+///
+/// ```
+/// use spiderpool_check::sim::Cluster;
+/// use spiderpool_core::round::{Call, Outcome};
+/// let mut cluster = Cluster::new();
+/// cluster.add_pod("web", "n3", r#"{"ipv4": ["a4", "b4"]}"#, None);
+/// let [Ok(Outcome::Added(plan))] = &cluster.serve(vec![Call::Add(cluster.facts("web", "s1", "eth0"))])[..] else {
+///     panic!()
+/// };
+/// assert_eq!(plan.interfaces[0].addresses[0].to_string(), "10.2.0.10/24 from b4");
+/// ```
+pub struct Cluster {
+    server: Server,
+    now: Duration,
+}
+
+impl Default for Cluster {
+    fn default() -> Cluster {
+        Cluster::new()
+    }
+}
+
+impl Cluster {
+    /// The simulation's cluster, without pods.
+    pub fn new() -> Cluster {
+        Cluster {
+            server: Server::new(),
+            now: Duration::ZERO,
+        }
+    }
+
+    /// Creates pod `name` (UID `<name>-uid-1`, or the next one when it existed) in namespace
+    /// `default` on `node`, with `ipam.spidernet.io/ippool` (or `ippools` for a JSON list)
+    /// set to `pools`, owned by `controller` (kind, name). Returns its UID.
+    pub fn add_pod(
+        &mut self,
+        name: &str,
+        node: &str,
+        pools: &str,
+        controller: Option<(&str, &str)>,
+    ) -> String {
+        let key = if pools.trim_start().starts_with('[') {
+            "ipam.spidernet.io/ippools"
+        } else {
+            "ipam.spidernet.io/ippool"
+        };
+        let incarnation = self.server.revision + 1;
+        let uid = format!("{name}-uid-{incarnation}");
+        let record = PodRecord {
+            uid: uid.clone(),
+            node: node.into(),
+            annotations: [(key.to_owned(), pools.to_owned())].into(),
+            controller: controller.map(|(kind, name)| Controller {
+                kind: kind.into(),
+                name: name.into(),
+            }),
+            phase: PodPhase::Running,
+            ..PodRecord::default()
+        };
+        self.server.bump();
+        self.server.pods.insert(pod_ref(name), record);
+        uid
+    }
+
+    /// Deletes pod `name` (its object only: no DEL).
+    pub fn remove_pod(&mut self, name: &str) {
+        self.server.pods.remove(&pod_ref(name));
+    }
+
+    /// Creates or scales StatefulSet `name` to `replicas`.
+    pub fn scale(&mut self, name: &str, replicas: u32) {
+        self.server.statefulsets.insert(pod_ref(name), replicas);
+    }
+
+    /// What the runtime knows of a call for `interface` of pod `name` in `sandbox`.
+    pub fn facts(&self, name: &str, sandbox: &str, interface: &str) -> RuntimeFacts {
+        RuntimeFacts {
+            container_id: sandbox.into(),
+            interface: interface.into(),
+            pod: Some(PodIdentity {
+                namespace: NAMESPACE.into(),
+                name: name.into(),
+                uid: self
+                    .server
+                    .pods
+                    .get(&pod_ref(name))
+                    .map(|record| record.uid.clone()),
+            }),
+            ..RuntimeFacts::default()
+        }
+    }
+
+    /// Serves `calls` as one batch, to the end; the answers in the order of the calls.
+    pub fn serve(&mut self, calls: Vec<Call>) -> Vec<Result<Outcome, RoundError<Fault>>> {
+        let count = calls.len();
+        let mut batch: Batch<Fault> = Batch::new(calls, RetryBudget::default(), self.now);
+        let mut answers: Vec<Option<Result<Outcome, RoundError<Fault>>>> = (0..count).map(|_| None).collect();
+        loop {
+            self.now += Duration::from_millis(1);
+            let Poll { step, answers: stood } = batch.poll(self.now);
+            for (index, result) in stood {
+                answers[index] = Some(result);
+            }
+            match step {
+                Step::Read(reads) => {
+                    let read = self.server.read(&reads);
+                    batch.read(Ok(read));
+                }
+                Step::WritePool(write) => {
+                    let write = write.clone();
+                    let done = self.server.write_pool(&write);
+                    batch.pool_written(if done { Written::Done } else { Written::Conflict });
+                }
+                Step::WriteEndpoints(writes) => {
+                    let writes = writes.to_vec();
+                    let results = writes
+                        .iter()
+                        .map(|write| match self.server.write_endpoint(write) {
+                            true => Written::Done,
+                            false => Written::Conflict,
+                        })
+                        .collect();
+                    batch.endpoints_written(results);
+                }
+                Step::Wait(ceiling) => {
+                    self.now += ceiling;
+                    batch.waited();
+                }
+                Step::Done => break,
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| answer.expect("a batch answers every call"))
+            .collect()
+    }
+
+    /// Who holds what: (pool, address, owner's UID or container, container, interface), by
+    /// pool and address.
+    pub fn records(&self) -> Vec<(String, IpAddr, String, String, String)> {
+        self.server
+            .records()
+            .iter()
+            .map(|(pool, address, owner, container, interface)| {
+                (
+                    pool.clone(),
+                    *address,
+                    owner.id().to_owned(),
+                    container.clone(),
+                    interface.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The endpoint of pod `name`.
+    pub fn endpoint(&self, name: &str) -> Option<EndpointSpec> {
+        self.server
+            .endpoints
+            .get(&pod_ref(name))
+            .map(|stored| stored.object.clone())
+    }
+
+    /// How many writes the server took: every change of an object bumps it.
+    pub fn revision(&self) -> u64 {
+        self.server.revision
+    }
+
+    /// Records `address` of `pool` for pod `name` (UID `uid`) through `sandbox` on
+    /// `interface`, as an allocation that died after this write would leave it.
+    pub fn write_record(
+        &mut self,
+        pool: &str,
+        address: &str,
+        name: &str,
+        uid: &str,
+        sandbox: &str,
+        interface: &str,
+    ) {
+        let stored = self.server.pools.get(pool).expect("a pool of the cluster");
+        let status = stored.object.status.clone().unwrap_or_default();
+        let mut records: BTreeMap<String, spiderpool_core::AllocationRecord> = status
+            .allocated_ips
+            .as_deref()
+            .map(|text| serde_json::from_str(text).expect("allocatedIPs JSON"))
+            .unwrap_or_default();
+        records.insert(
+            address.into(),
+            spiderpool_core::AllocationRecord {
+                pod: format!("{NAMESPACE}/{name}"),
+                pod_uid: uid.into(),
+                interface: interface.into(),
+                container_id: sandbox.into(),
+            },
+        );
+        let status = IPPoolStatus {
+            allocated_ip_count: Some(records.len() as i64),
+            allocated_ips: Some(serde_json::to_string(&records).expect("records serialize")),
+            ..status
+        };
+        let write = PoolWrite {
+            pool: pool.into(),
+            version: stored.version.to_string(),
+            status,
+        };
+        assert!(self.server.write_pool(&write), "the record is written");
+    }
+
+    /// Moves the clock `seconds` forward: the collector's clock is whole seconds of it.
+    pub fn advance(&mut self, seconds: u64) {
+        self.now += Duration::from_secs(seconds);
+    }
+
+    /// The collector's clock now.
+    pub fn clock(&self) -> Seconds {
+        seconds(self.now)
+    }
+}
+
+/// Pod `name` of the simulation's namespace.
+fn pod_ref(name: &str) -> PodRef {
+    PodRef {
+        namespace: NAMESPACE.into(),
+        name: name.into(),
+    }
+}
