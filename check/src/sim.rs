@@ -504,7 +504,7 @@ struct Running {
 /// What is left of a step whose requests are made one at a time.
 enum Pending {
     /// Reads still to make, and what the ones made read.
-    Reads { parts: Vec<Reads>, read: Snapshot },
+    Reads { parts: Vec<Reads>, read: Box<Snapshot> },
     /// Endpoint writes still to make (by index, last first), and the results so far.
     Endpoints {
         writes: Vec<EndpointWrite>,
@@ -1150,7 +1150,7 @@ impl World {
                 self.rng.shuffle(&mut parts);
                 let pending = Pending::Reads {
                     parts,
-                    read: Snapshot::default(),
+                    read: Box::default(),
                 };
                 self.step_pending(actor, running, pending);
             }
@@ -1190,7 +1190,7 @@ impl World {
         match pending {
             Pending::Reads { mut parts, mut read } => {
                 let Some(part) = parts.pop() else {
-                    running.batch.read(Ok(read));
+                    running.batch.read(Ok(*read));
                     return;
                 };
                 if self.chance(self.faults.failure) {
@@ -1200,7 +1200,7 @@ impl World {
                 }
                 read.merge(self.server.read(&part));
                 if parts.is_empty() {
-                    running.batch.read(Ok(read));
+                    running.batch.read(Ok(*read));
                 } else {
                     running.pending = Some(Pending::Reads { parts, read });
                 }
