@@ -639,7 +639,9 @@ impl World {
                 incarnation: 0,
                 sandboxes: 0,
                 phase: Phase::Pending {
-                    at: Duration::from_millis(rng.u64(0..20)),
+                    // Pods come all through the schedule, so that some land while the
+                    // collector is between two of its reads.
+                    at: Duration::from_millis(rng.u64(0..600)),
                 },
                 waiting: None,
                 add_failures: 0,
@@ -656,6 +658,7 @@ impl World {
             };
             server.statefulsets.insert(set, ordinal);
         }
+        let first_sweep = Duration::from_millis(rng.u64(20..200));
         let agents = NODES
             .iter()
             .map(|node| Agent {
@@ -677,7 +680,7 @@ impl World {
             agents,
             collector: Collector {
                 running: None,
-                next_sweep: Duration::from_millis(300),
+                next_sweep: first_sweep,
                 suspects: BTreeMap::new(),
             },
             // Grace periods in whole seconds of sim time, far above any batch (its deadline
@@ -1125,7 +1128,7 @@ impl World {
             }
         }
         if done {
-            self.collector.next_sweep = self.now + Duration::from_millis(300);
+            self.collector.next_sweep = self.now + Duration::from_millis(self.rng.u64(20..200));
         } else {
             self.collector.running = Some(running);
         }
