@@ -27,12 +27,12 @@
 //! ```
 
 use std::fmt::{self, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use spiderpool_core::{
     API_VERSION, AllocateError, AllocationState, Change, Holder, IPPoolSpec, InMemoryState, IpVersion,
-    LabelSelector, Labels, ObjectMeta, OwnerKey, PodRef, Pool, PoolCatalog, Request, SpiderIPPool, allocate,
-    annotations, next_free, release,
+    LabelSelector, Labels, ObjectMeta, OwnerKey, PodRef, Pool, PoolCatalog, Request, SpiderIPPool,
+    address_value, allocate, annotations, next_free, release,
 };
 
 /// Addresses in the fill window of a pool: 2^24, the whole of an IPv4 /8.
@@ -43,22 +43,6 @@ pub const POOL_NAME: &str = "bench-pool";
 
 /// The seed the criterion benchmarks use.
 pub const DEFAULT_SEED: u64 = 0x5eed_2024;
-
-/// The integer value of an address within its family.
-pub fn to_u128(address: IpAddr) -> u128 {
-    match address {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
-/// The address of `version` with integer value `value` (which must fit the family).
-pub fn from_u128(version: IpVersion, value: u128) -> IpAddr {
-    match version {
-        IpVersion::V4 => IpAddr::V4(Ipv4Addr::from(u32::try_from(value).expect("an IPv4 value"))),
-        IpVersion::V6 => IpAddr::V6(Ipv6Addr::from(value)),
-    }
-}
 
 /// The family and prefix length of a benchmark pool. IPv4 pools are carved from
 /// `10.0.0.0/8`, IPv6 pools from `fd00::/8`.
@@ -130,7 +114,7 @@ impl PoolShape {
 
     fn network(&self) -> u128 {
         match self.version {
-            IpVersion::V4 => u128::from(u32::from(Ipv4Addr::new(10, 0, 0, 0))),
+            IpVersion::V4 => address_value(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0))),
             IpVersion::V6 => 0xfd00_u128 << 112,
         }
     }
@@ -141,7 +125,13 @@ impl PoolShape {
 
     /// The subnet in canonical CIDR form, such as `10.0.0.0/16` or `fd00::/64`.
     pub fn subnet(&self) -> String {
-        format!("{}/{}", from_u128(self.version, self.network()), self.prefix)
+        format!(
+            "{}/{}",
+            self.version
+                .address_at(self.network())
+                .expect("a value within the family"),
+            self.prefix
+        )
     }
 
     /// The `SpiderIPPool` of this shape: `ips` cover every usable address of the subnet (all
@@ -153,7 +143,7 @@ impl PoolShape {
             IpVersion::V4 => self.last() - 1,
             IpVersion::V6 => self.last(),
         };
-        let address = |value| from_u128(self.version, value);
+        let address = |value| self.version.address_at(value).expect("a value within the family");
         let gateway = address(first).to_string();
         pool_object(
             name,
@@ -347,7 +337,7 @@ impl FilledPool {
             .clone();
         let allocatable = pool.allocatable().len();
         let version = shape.version;
-        let start = to_u128(pool.allocatable().first().expect("a non-empty pool"));
+        let start = address_value(pool.allocatable().first().expect("a non-empty pool"));
         let window_len = window.min(allocatable);
         // The pool's allocatable set is one range (the gateway is excluded at its start).
         let end = start + window_len - 1;
@@ -363,7 +353,7 @@ impl FilledPool {
             let mut value = start + 1;
             while needed > 0 {
                 if identities.below(left) < needed {
-                    let address = from_u128(version, value);
+                    let address = version.address_at(value).expect("a value within the family");
                     let change = [Change::Allocate {
                         pool: POOL_NAME.into(),
                         address,
@@ -377,7 +367,7 @@ impl FilledPool {
                 value += 1;
             }
             // Allocated last, the anchor becomes the cursor.
-            let address = from_u128(version, start);
+            let address = version.address_at(start).expect("a value within the family");
             let change = [Change::Allocate {
                 pool: POOL_NAME.into(),
                 address,
@@ -389,7 +379,7 @@ impl FilledPool {
         let mut bench = Identities::new(seed ^ 0xbe4c_0de5);
         let holder = bench.holder();
         let owner = holder.owner();
-        let first = from_u128(version, start);
+        let first = version.address_at(start).expect("a value within the family");
         let mut request = Request::new(holder.container_id(), "eth0");
         request.pod.namespace = "default".into();
         request.pod.name = holder.pod().map(|p| p.name).unwrap_or_default();
@@ -430,7 +420,7 @@ impl FilledPool {
 
     /// Whether `address` lies in the fill window.
     pub fn window_contains(&self, address: IpAddr) -> bool {
-        (self.window.0..=self.window.1).contains(&to_u128(address))
+        (self.window.0..=self.window.1).contains(&address_value(address))
     }
 
     /// Whether the window is smaller than the pool, so the cursor can leave it.
@@ -469,7 +459,7 @@ impl FilledPool {
     /// than the pool. A no-op in every other case (one comparison).
     #[inline]
     fn keep_in_window(&mut self, address: IpAddr) {
-        if to_u128(address) > self.window.1 && self.is_windowed() {
+        if address_value(address) > self.window.1 && self.is_windowed() {
             self.recenter();
         }
     }
@@ -661,8 +651,8 @@ mod tests {
         for _ in 0..100 {
             let address = pool.allocate_release().unwrap();
             let request = pool.request_allocate_release().unwrap();
-            assert!(to_u128(address) <= pool.window.1 + 1000);
-            assert!(to_u128(request) <= pool.window.1 + 1000);
+            assert!(address_value(address) <= pool.window.1 + 1000);
+            assert!(address_value(request) <= pool.window.1 + 1000);
         }
         // After leaving the window the cursor is back at the anchor.
         let Ok(cursor) = pool.state.cursor(POOL_NAME);

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 mod report;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use spiderpool_bench::{
-    DEFAULT_SEED, DEFAULT_WINDOW, FilledPool, Identities, POOL_NAME, PoolShape, from_u128, to_u128,
+use spiderpool_bench::{DEFAULT_SEED, DEFAULT_WINDOW, FilledPool, Identities, POOL_NAME, PoolShape};
+use spiderpool_core::{
+    AllocationState, Change, InMemoryState, IpVersion, address_value, allocate, next_free, release,
 };
-use spiderpool_core::{AllocationState, Change, InMemoryState, IpVersion, allocate, next_free, release};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 /// Counts every allocation of this binary: requested bytes and number of blocks.
@@ -249,7 +249,7 @@ fn throughput(options: &Throughput) -> Result<(), String> {
     // Every held address but the anchor, which stays held to bring the cursor back.
     let mut held: Vec<u128> = Vec::new();
     let mut fixture = FilledPool::build_with(shape, options.fill, window, options.seed, |address| {
-        held.push(to_u128(address))
+        held.push(address_value(address))
     });
     let build_time = started.elapsed();
     let heap = Heap::now().since(before);
@@ -322,8 +322,8 @@ fn throughput(options: &Throughput) -> Result<(), String> {
             allocations.record(elapsed);
             match address {
                 Some(address) => {
-                    held.push(to_u128(address));
-                    if to_u128(address) > fixture.window.1 && fixture.is_windowed() {
+                    held.push(address_value(address));
+                    if address_value(address) > fixture.window.1 && fixture.is_windowed() {
                         fixture.recenter();
                     }
                 }
@@ -335,7 +335,7 @@ fn throughput(options: &Throughput) -> Result<(), String> {
                 continue;
             }
             let value = held.swap_remove(ids.index(held.len()));
-            let address = from_u128(version, value);
+            let address = version.address_at(value).expect("a value within the family");
             let Ok(holder) = fixture.state.holder(POOL_NAME, address);
             let holder = holder.ok_or_else(|| format!("{address} should be held"))?;
             let elapsed = match options.level {
@@ -475,7 +475,11 @@ fn measure(shape: PoolShape, placement: Placement, options: &Memory) -> Heap {
             }
             let mut addresses: Vec<IpAddr> = offsets
                 .iter()
-                .map(|&offset| from_u128(version, first + offset))
+                .map(|&offset| {
+                    version
+                        .address_at(first + offset)
+                        .expect("a value within the family")
+                })
                 .collect();
             // Insert in random order, as pods come and go.
             for index in (1..addresses.len()).rev() {

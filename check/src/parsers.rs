@@ -10,9 +10,9 @@ use spiderpool_core::annotations::{NAMESPACE_DEFAULT_IPV4, NAMESPACE_DEFAULT_IPV
 use spiderpool_core::{
     AllocateError, AllocationState, Attachment, CatalogEntry, InMemoryState, IpRange, IpSet, IpVersion,
     LabelSelector, Labels, Placement, PodIppool, Pool, PoolCatalog, RangeError, Request, Resource,
-    SelectionError, SelectorOperator, SpiderIPPool, Subnet, SubnetError, allocate, explain, next_free,
-    parse_allocated_ips, parse_documents, parse_pod_ippools, parse_pool_list, parse_resource, pool_rows,
-    pool_status, render_pool_table, usage,
+    SelectionError, SelectorOperator, SpiderIPPool, Subnet, SubnetError, address_value, allocate, explain,
+    next_free, parse_allocated_ips, parse_documents, parse_pod_ippools, parse_pool_list, parse_resource,
+    pool_rows, pool_status, render_pool_table, usage,
 };
 
 /// A property that does not hold for an input.
@@ -34,8 +34,19 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+impl Failure {
+    /// `check` failed on `input`, for the reason `detail`.
+    pub fn new(check: &'static str, input: &str, detail: String) -> Failure {
+        Failure {
+            check,
+            input: input.to_owned(),
+            detail,
+        }
+    }
+}
+
 /// Fails `check` on `input` unless `holds`.
-fn ensure(
+pub(crate) fn ensure(
     check: &'static str,
     input: &str,
     holds: bool,
@@ -44,19 +55,7 @@ fn ensure(
     if holds {
         Ok(())
     } else {
-        Err(Failure {
-            check,
-            input: input.to_string(),
-            detail: detail(),
-        })
-    }
-}
-
-/// The integer value of an address.
-fn value(address: IpAddr) -> u128 {
-    match address {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
+        Err(Failure::new(check, input, detail()))
     }
 }
 
@@ -68,7 +67,7 @@ fn naive_range(text: &str) -> Option<(IpAddr, IpAddr)> {
     }
     let (start, end) = text.split_once('-').unwrap_or((text, text));
     let (start, end): (IpAddr, IpAddr) = (start.parse().ok()?, end.parse().ok()?);
-    (start.is_ipv4() == end.is_ipv4() && value(start) <= value(end)).then_some((start, end))
+    (start.is_ipv4() == end.is_ipv4() && address_value(start) <= address_value(end)).then_some((start, end))
 }
 
 /// Range text: parses exactly when the grammar allows, prints canonically, and the printed
@@ -115,7 +114,7 @@ pub fn check_range_text(text: &str) -> Result<(), Failure> {
     ensure(CHECK, text, range.contains(start) && range.contains(end), || {
         "the range does not contain its ends".into()
     })?;
-    let len = (value(end) - value(start)).saturating_add(1);
+    let len = (address_value(end) - address_value(start)).saturating_add(1);
     ensure(CHECK, text, range.len() == len, || {
         format!("len {} instead of {len}", range.len())
     })?;
@@ -173,7 +172,7 @@ pub fn check_subnet_text(text: &str) -> Result<(), Failure> {
     } else {
         1u128 << host_bits
     };
-    let network = value(subnet.network());
+    let network = address_value(subnet.network());
     ensure(
         CHECK,
         text,

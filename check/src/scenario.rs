@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
-use spiderpool_core::{IpVersion, Labels, PoolCatalog, parse_documents};
+use spiderpool_core::{IpVersion, Labels, PoolCatalog, address_value, parse_documents};
 
 /// The nodes of the scenario, by index: `node-a` (label `zone=a`), `node-b` (`zone=b`) and
 /// `node-c` (`zone=c`, served by no zone pool).
@@ -141,15 +141,13 @@ pub struct Scenario {
 
 /// Every address from `start` to `end`, both included, one by one.
 fn expand(start: IpAddr, end: IpAddr) -> Vec<IpAddr> {
-    match (start, end) {
-        (IpAddr::V4(s), IpAddr::V4(e)) => (u32::from(s)..=u32::from(e))
-            .map(|v| IpAddr::V4(v.into()))
-            .collect(),
-        (IpAddr::V6(s), IpAddr::V6(e)) => (u128::from(s)..=u128::from(e))
-            .map(|v| IpAddr::V6(v.into()))
-            .collect(),
-        _ => Vec::new(),
+    let version = IpVersion::of(start);
+    if IpVersion::of(end) != version {
+        return Vec::new();
     }
+    (address_value(start)..=address_value(end))
+        .filter_map(|value| version.address_at(value))
+        .collect()
 }
 
 /// The addresses a range text (`a` or `a-b`) stands for, read with the standard library only.
@@ -163,10 +161,10 @@ fn addresses_of(text: &str) -> Vec<IpAddr> {
 
 /// `base + offset` in the family of `base`.
 fn offset(base: &str, by: u128) -> IpAddr {
-    match base.parse::<IpAddr>().expect("scenario addresses parse") {
-        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) + u32::try_from(by).expect("small offset")).into()),
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) + by).into()),
-    }
+    let base: IpAddr = base.parse().expect("scenario addresses parse");
+    IpVersion::of(base)
+        .address_at(address_value(base) + by)
+        .expect("a small offset stays in the family")
 }
 
 struct Blueprint {

@@ -3,7 +3,7 @@
 //! `spiderpool_check::scenario`, whose pools fill after a few requests.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -56,10 +56,9 @@ fn drive(
 
 /// Every address of the family of `base`, from `base + from` to `base + to`.
 fn address(version: IpVersion, base: u128, offset: u128) -> IpAddr {
-    match version {
-        IpVersion::V4 => IpAddr::V4(Ipv4Addr::from(u32::try_from(base + offset).expect("in IPv4"))),
-        IpVersion::V6 => IpAddr::V6(Ipv6Addr::from(base + offset)),
-    }
+    version
+        .address_at(base + offset)
+        .expect("an address of the family")
 }
 
 proptest! {

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use spiderpool_core::{AllocationState, Change, HeldAddress, Holder, IpRange, IpVersion, OwnerKey, PodRef};
+use spiderpool_core::{
+    AllocationState, Change, HeldAddress, Holder, IpRange, IpVersion, OwnerKey, PodRef, address_value,
+};
 
 /// The file name of the database inside the data directory.
 pub const STATE_FILE: &str = "state.db";
@@ -437,10 +439,7 @@ pub struct Transaction<'a> {
 /// An address as stored: its value in its family, 16 bytes big-endian, so that byte order is
 /// numeric order.
 fn key(address: IpAddr) -> [u8; 16] {
-    match address {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)).to_be_bytes(),
-        IpAddr::V6(v6) => u128::from(v6).to_be_bytes(),
-    }
+    address_value(address).to_be_bytes()
 }
 
 fn value_of(bytes: &[u8]) -> u128 {
@@ -451,13 +450,7 @@ fn value_of(bytes: &[u8]) -> u128 {
 }
 
 fn address_of(version: IpVersion, bytes: &[u8]) -> Option<IpAddr> {
-    let value = value_of(bytes);
-    match version {
-        IpVersion::V4 => u32::try_from(value)
-            .ok()
-            .map(|v| IpAddr::from(std::net::Ipv4Addr::from(v))),
-        IpVersion::V6 => Some(IpAddr::from(std::net::Ipv6Addr::from(value))),
-    }
+    version.address_at(value_of(bytes))
 }
 
 /// The columns of an allocation's holder.
@@ -816,12 +809,8 @@ impl AllocationState for Transaction<'_> {
 
     fn first_unheld_from(&self, pool: &str, from: IpAddr) -> Result<Option<IpAddr>, StoreError> {
         let version = IpVersion::of(from);
-        let value = match from {
-            IpAddr::V4(v4) => u128::from(u32::from(v4)),
-            IpAddr::V6(v6) => u128::from(v6),
-        };
         let run = self
-            .run_containing(pool, value)
+            .run_containing(pool, address_value(from))
             .map_err(|source| self.classify(source))?;
         Ok(match run {
             None => Some(from),

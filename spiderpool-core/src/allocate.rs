@@ -12,7 +12,7 @@ use crate::candidates::{
 use crate::catalog::{CatalogEntry, PoolCatalog};
 use crate::pool::InvalidObject;
 use crate::pool::{Pool, PoolRoute};
-use crate::range::{IpVersion, to_u128};
+use crate::range::{IpVersion, address_value};
 use crate::request::Request;
 use crate::state::{AllocationState, Change, HeldAddress, OwnerKey};
 use crate::subnet::Subnet;
@@ -694,11 +694,11 @@ pub(crate) fn next_free_besides<S: AllocationState + ?Sized>(
     let Some(first) = set.first() else {
         return Ok(None);
     };
-    let first = to_u128(first);
+    let first = address_value(first);
     let after_cursor = state
         .cursor(pool.name())?
         .filter(|cursor| IpVersion::of(*cursor) == version)
-        .and_then(|cursor| to_u128(cursor).checked_add(1))
+        .and_then(|cursor| address_value(cursor).checked_add(1))
         .filter(|&start| start <= version.max_value())
         .unwrap_or(first);
     let search = |mut from: u128, limit: u128| -> Result<Option<u128>, S::Error> {
@@ -709,7 +709,7 @@ pub(crate) fn next_free_besides<S: AllocationState + ?Sized>(
             let Some(unheld) = state.first_unheld_from(pool.name(), version.address(candidate))? else {
                 return Ok(None);
             };
-            let unheld = to_u128(unheld);
+            let unheld = address_value(unheld);
             if unheld > limit {
                 return Ok(None);
             }

@@ -97,7 +97,7 @@ pub use model::{
     parse_resource,
 };
 pub use pool::{InvalidObject, Placement, Pool, PoolRoute, Problem, ReservedIps, Violation, validate_update};
-pub use range::{FamilyMismatch, IpRange, IpSet, IpVersion, RangeError};
+pub use range::{FamilyMismatch, IpRange, IpSet, IpVersion, RangeError, address_value};
 pub use request::{
     Attachment, Controller, IpFamilies, NamespaceFacts, NetworkFacts, NodeFacts, PodContext, PodFacts,
     PodIdentity, PodPhase, PodRecord, Request, RuntimeFacts, Seconds,

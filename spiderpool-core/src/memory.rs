@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
-use crate::range::{IpRange, IpVersion, to_u128};
+use crate::range::{IpRange, IpVersion, address_value};
 use crate::state::{AllocationState, Change, HeldAddress, Holder, OwnerKey};
 
 /// Allocation state held in memory.
@@ -100,7 +100,7 @@ impl InMemoryState {
         else {
             return false;
         };
-        match (ledger.held.get(&to_u128(address)), holder) {
+        match (ledger.held.get(&address_value(address)), holder) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(stored), Some(holder)) => stored == holder,
@@ -199,7 +199,7 @@ impl InMemoryState {
     /// Applies one change after checking it against the stored state.
     fn apply_one(&mut self, change: &Change) -> Result<(), ApplyError> {
         let (pool, address) = (change.pool(), change.address());
-        let (version, value) = (IpVersion::of(address), to_u128(address));
+        let (version, value) = (IpVersion::of(address), address_value(address));
         match change {
             Change::Allocate { holder, .. } => {
                 let id = self.ledger_for(pool, address)?;
@@ -282,7 +282,7 @@ impl InMemoryState {
         let id = self.ledger_for(pool, address)?;
         let ledger = &mut self.pools[id as usize];
         ledger.version = Some(IpVersion::of(address));
-        ledger.cursor = Some(to_u128(address));
+        ledger.cursor = Some(address_value(address));
         Ok(())
     }
 
@@ -328,7 +328,7 @@ impl AllocationState for InMemoryState {
         if ledger.version != Some(IpVersion::of(address)) {
             return Ok(None);
         }
-        Ok(ledger.held.get(&to_u128(address)).cloned())
+        Ok(ledger.held.get(&address_value(address)).cloned())
     }
 
     fn first_unheld_from(&self, pool: &str, from: IpAddr) -> Result<Option<IpAddr>, Infallible> {
@@ -338,7 +338,7 @@ impl AllocationState for InMemoryState {
         };
         Ok(ledger
             .runs
-            .first_unheld_from(to_u128(from))
+            .first_unheld_from(address_value(from))
             .filter(|&value| value <= version.max_value())
             .map(|value| version.address(value)))
     }

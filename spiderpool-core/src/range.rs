@@ -76,14 +76,27 @@ impl IpVersion {
         }
     }
 
-    /// The address with integer value `value`, which must not exceed [`Self::max_value`].
-    pub(crate) fn address(self, value: u128) -> IpAddr {
-        debug_assert!(value <= self.max_value());
+    /// The address of this family with integer value `value`, or `None` when `value` exceeds
+    /// [`Self::max_value`]: the inverse of [`address_value`].
+    ///
+    /// ```
+    /// use spiderpool_core::{IpVersion, address_value};
+    /// let address = "10.6.168.60".parse().unwrap();
+    /// assert_eq!(IpVersion::V4.address_at(address_value(address)), Some(address));
+    /// assert_eq!(IpVersion::V4.address_at(1 << 32), None);
+    /// assert_eq!(IpVersion::V6.address_at(1), Some("::1".parse().unwrap()));
+    /// ```
+    pub fn address_at(self, value: u128) -> Option<IpAddr> {
         match self {
-            // Truncation cannot happen: value <= u32::MAX for IPv4.
-            IpVersion::V4 => IpAddr::V4(Ipv4Addr::from(value as u32)),
-            IpVersion::V6 => IpAddr::V6(Ipv6Addr::from(value)),
+            IpVersion::V4 => u32::try_from(value).ok().map(|v| IpAddr::V4(Ipv4Addr::from(v))),
+            IpVersion::V6 => Some(IpAddr::V6(Ipv6Addr::from(value))),
         }
+    }
+
+    /// The address with integer value `value`, which the caller keeps within the family.
+    pub(crate) fn address(self, value: u128) -> IpAddr {
+        self.address_at(value)
+            .expect("an address value within its family")
     }
 }
 
@@ -110,8 +123,15 @@ impl<'de> Deserialize<'de> for IpVersion {
     }
 }
 
-/// The integer value of an address within its family.
-pub(crate) fn to_u128(address: IpAddr) -> u128 {
+/// The integer value of an address within its family, the order ranges, sets and stores keep:
+/// every conversion of the workspace from an address to a number is this one.
+///
+/// ```
+/// use spiderpool_core::address_value;
+/// assert_eq!(address_value("10.0.0.1".parse().unwrap()), 0x0a00_0001);
+/// assert_eq!(address_value("::1".parse().unwrap()), 1);
+/// ```
+pub fn address_value(address: IpAddr) -> u128 {
     match address {
         IpAddr::V4(v4) => u128::from(u32::from(v4)),
         IpAddr::V6(v6) => u128::from(v6),
@@ -190,7 +210,7 @@ impl IpRange {
         if version != IpVersion::of(end) {
             return Err(RangeError::MixedFamily { text: text() });
         }
-        let (first, last) = (to_u128(start), to_u128(end));
+        let (first, last) = (address_value(start), address_value(end));
         if first > last {
             return Err(RangeError::Inverted {
                 text: text(),
@@ -207,7 +227,7 @@ impl IpRange {
 
     /// The range holding exactly one address.
     pub fn single(address: IpAddr) -> IpRange {
-        let value = to_u128(address);
+        let value = address_value(address);
         IpRange {
             version: IpVersion::of(address),
             start: value,
@@ -248,7 +268,7 @@ impl IpRange {
 
     /// Whether `address` lies in the range.
     pub fn contains(&self, address: IpAddr) -> bool {
-        IpVersion::of(address) == self.version && (self.start..=self.end).contains(&to_u128(address))
+        IpVersion::of(address) == self.version && (self.start..=self.end).contains(&address_value(address))
     }
 }
 
@@ -410,7 +430,7 @@ impl IpSet {
 
     /// Whether `address` is in the set.
     pub fn contains(&self, address: IpAddr) -> bool {
-        IpVersion::of(address) == self.version && self.contains_value(to_u128(address))
+        IpVersion::of(address) == self.version && self.contains_value(address_value(address))
     }
 
     pub(crate) fn contains_value(&self, value: u128) -> bool {

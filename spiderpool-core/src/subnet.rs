@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use crate::range::{IpRange, IpSet, IpVersion, to_u128};
+use crate::range::{IpRange, IpSet, IpVersion, address_value};
 
 /// Why a CIDR text was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,7 +96,7 @@ impl Subnet {
         let mask = Subnet::mask(version, prefix_len);
         Ok(Subnet {
             version,
-            network: to_u128(address) & mask,
+            network: address_value(address) & mask,
             prefix_len,
         })
     }
