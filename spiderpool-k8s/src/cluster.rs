@@ -4,7 +4,7 @@
 //! commit, retry) is the core's.
 
 use std::collections::BTreeSet;
-use std::future::Future;
+use std::fmt::Debug;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,16 +14,16 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client, ResourceExt};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use spiderpool_core::round::{
     Batch, Call, EndpointChange, EndpointWrite, Outcome, Poll, PoolWrite, Pools, Reads, RetryBudget,
-    RoundError, Snapshot, Step, Versioned, Written,
+    RoundError, Snapshot, Step, Written,
 };
-use spiderpool_core::{
-    Controller, NamespaceFacts, Plan, PodPhase, PodRecord, PodRef, RuntimeFacts, StatusStateError,
-};
+use spiderpool_core::{Plan, PodRef, RuntimeFacts, StatusStateError};
 
 use crate::crd::{SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool, SpiderReservedIP};
+use crate::facts::{namespace_facts, pod_record, replicas, versioned_endpoint};
 
 /// Why the store could not read or write.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -136,35 +136,28 @@ impl ClusterStore {
             for (index, result) in answers {
                 answer(index, result);
             }
-            let done = match step {
+            match step {
                 Step::Read(reads) => {
                     let read = self.read(reads).await;
                     batch.read(read);
-                    false
                 }
                 Step::WritePool(write) => {
                     let write = write.clone();
                     batch.pool_written(self.write_pool(&write).await);
-                    false
                 }
                 Step::WriteEndpoints(writes) => {
                     let writes = writes.to_vec();
                     let results =
                         futures::future::join_all(writes.iter().map(|w| self.write_endpoint(w))).await;
                     batch.endpoints_written(results);
-                    false
                 }
                 Step::Wait(ceiling) => {
                     // Full jitter: a randomly keyed hash of the time draws below the ceiling.
                     let draw = RandomState::new().hash_one(Instant::now()) % 10_000;
                     tokio::time::sleep(ceiling.mul_f64(draw as f64 / 10_000.0)).await;
                     batch.waited();
-                    false
                 }
-                Step::Done => true,
-            };
-            if done {
-                break;
+                Step::Done => break,
             }
         }
         BatchCost {
@@ -238,43 +231,17 @@ impl ClusterStore {
                     Ok(None)
                 }
             },
-            get_each(pods, |pod: PodRef| {
-                let api = Api::<Pod>::namespaced(client.clone(), &pod.namespace);
-                async move { (api.get_opt(&pod.name).await, format!("reading pod {pod}"), pod) }
+            get_each(pods, "pod", |pod| Api::<Pod>::namespaced(
+                client.clone(),
+                &pod.namespace
+            )),
+            get_each(namespaces, "namespace", |_| Api::<Namespace>::all(client.clone())),
+            get_each(nodes, "node", |_| Api::<Node>::all(client.clone())),
+            get_each(endpoints, "SpiderEndpoint", |pod| {
+                Api::<SpiderEndpoint>::namespaced(client.clone(), &pod.namespace)
             }),
-            get_each(namespaces, |name: String| {
-                let api = Api::<Namespace>::all(client.clone());
-                async move {
-                    (
-                        api.get_opt(&name).await,
-                        format!("reading namespace {name}"),
-                        name,
-                    )
-                }
-            }),
-            get_each(nodes, |name: String| {
-                let api = Api::<Node>::all(client.clone());
-                async move { (api.get_opt(&name).await, format!("reading node {name}"), name) }
-            }),
-            get_each(endpoints, |pod: PodRef| {
-                let api = Api::<SpiderEndpoint>::namespaced(client.clone(), &pod.namespace);
-                async move {
-                    (
-                        api.get_opt(&pod.name).await,
-                        format!("reading SpiderEndpoint {pod}"),
-                        pod,
-                    )
-                }
-            }),
-            get_each(statefulsets, |set: PodRef| {
-                let api = Api::<StatefulSet>::namespaced(client.clone(), &set.namespace);
-                async move {
-                    (
-                        api.get_opt(&set.name).await,
-                        format!("reading StatefulSet {set}"),
-                        set,
-                    )
-                }
+            get_each(statefulsets, "StatefulSet", |set| {
+                Api::<StatefulSet>::namespaced(client.clone(), &set.namespace)
             }),
         );
         let mut snapshot = everything?.unwrap_or_default();
@@ -284,15 +251,11 @@ impl ClusterStore {
                 .into_iter()
                 .map(|(pod, read)| (pod, read.as_ref().map(pod_record))),
         );
-        snapshot
-            .namespaces
-            .extend(namespaces?.into_iter().map(|(name, read)| {
-                let facts = read.map(|namespace| NamespaceFacts {
-                    labels: namespace.labels().clone(),
-                    annotations: namespace.annotations().clone(),
-                });
-                (name, facts)
-            }));
+        snapshot.namespaces.extend(
+            namespaces?
+                .into_iter()
+                .map(|(name, read)| (name, read.as_ref().map(namespace_facts))),
+        );
         snapshot.nodes.extend(
             nodes?
                 .into_iter()
@@ -301,7 +264,7 @@ impl ClusterStore {
         snapshot.endpoints.extend(
             endpoints?
                 .into_iter()
-                .map(|(pod, read)| (pod, read.map(versioned))),
+                .map(|(pod, read)| (pod, read.map(versioned_endpoint))),
         );
         snapshot.statefulsets.extend(
             statefulsets?
@@ -343,7 +306,7 @@ impl ClusterStore {
                 .map(|endpoint| {
                     (
                         key(endpoint.namespace(), endpoint.name_any()),
-                        Some(versioned(endpoint)),
+                        Some(versioned_endpoint(endpoint)),
                     )
                 })
                 .collect(),
@@ -440,68 +403,45 @@ fn classify<T>(
     }
 }
 
-/// GETs each of `keys` at once: what exists, `None` for what does not.
-async fn get_each<K, T, F>(keys: BTreeSet<K>, get: impl Fn(K) -> F) -> Result<Vec<(K, Option<T>)>, ApiFailure>
+/// The name an object is read by: a namespaced object's within its namespace.
+trait ObjectName: std::fmt::Display {
+    fn name(&self) -> &str;
+}
+
+impl ObjectName for PodRef {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl ObjectName for String {
+    fn name(&self) -> &str {
+        self
+    }
+}
+
+/// GETs each object `keys` name, `what` they are, at once: what exists, `None` for what
+/// does not.
+async fn get_each<K, Key>(
+    keys: BTreeSet<Key>,
+    what: &str,
+    api: impl Fn(&Key) -> Api<K>,
+) -> Result<Vec<(Key, Option<K>)>, ApiFailure>
 where
-    F: Future<Output = (Result<Option<T>, kube::Error>, String, K)>,
+    K: Clone + DeserializeOwned + Debug,
+    Key: ObjectName,
 {
-    let reads = keys.into_iter().map(get);
+    let reads = keys.into_iter().map(|key| {
+        let api = api(&key);
+        async move {
+            let read = api.get_opt(key.name()).await;
+            (key, read)
+        }
+    });
     let mut found = Vec::new();
-    for (read, action, key) in futures::future::join_all(reads).await {
-        found.push((key, read.map_err(|err| ApiFailure::request(action, err))?));
+    for (key, read) in futures::future::join_all(reads).await {
+        let read = read.map_err(|err| ApiFailure::request(format!("reading {what} {key}"), err))?;
+        found.push((key, read));
     }
     Ok(found)
-}
-
-/// An endpoint with the version a write of it presents.
-fn versioned(endpoint: SpiderEndpoint) -> Versioned<spiderpool_core::EndpointSpec> {
-    Versioned {
-        version: endpoint.metadata.resource_version.unwrap_or_default(),
-        object: endpoint.spec.0,
-    }
-}
-
-/// A StatefulSet's replica count (1 when unset, as the API defaults it).
-fn replicas(set: &StatefulSet) -> u32 {
-    let replicas = set.spec.replicas.unwrap_or(1);
-    u32::try_from(replicas).unwrap_or(0)
-}
-
-/// What the IPAM reads of a pod.
-pub fn pod_record(pod: &Pod) -> PodRecord {
-    let status = pod.status.as_ref();
-    let phase = match status.and_then(|s| s.phase.as_deref()) {
-        Some("Running") => PodPhase::Running,
-        Some("Succeeded") => PodPhase::Succeeded,
-        Some("Failed") => PodPhase::Failed,
-        Some("Unknown") => PodPhase::Unknown,
-        _ => PodPhase::Pending,
-    };
-    let finished_at = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
-        .map(|time| time.0.as_second())
-        .max();
-    PodRecord {
-        uid: pod.uid().unwrap_or_default(),
-        node: pod
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.node_name.clone())
-            .unwrap_or_default(),
-        labels: pod.labels().clone(),
-        annotations: pod.annotations().clone(),
-        controller: pod
-            .owner_references()
-            .iter()
-            .find(|owner| owner.controller == Some(true))
-            .map(|owner| Controller {
-                kind: owner.kind.clone(),
-                name: owner.name.clone(),
-            }),
-        phase,
-        finished_at,
-    }
 }

@@ -7,15 +7,17 @@
 pub mod batch;
 pub mod cluster;
 pub mod crd;
+pub mod facts;
 pub mod gc;
 pub mod multus;
 pub mod webhook;
 
 pub use batch::Batcher;
-pub use cluster::{ApiFailure, BatchCost, ClusterError, ClusterStore, StoreCounters, pod_record};
+pub use cluster::{ApiFailure, BatchCost, ClusterError, ClusterStore, StoreCounters};
 pub use crd::{
     EndpointInterface, LinkConfig, NetworkPools, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
     SpiderIPPoolSpec, SpiderMultusConfig, SpiderMultusConfigSpec, SpiderReservedIP, SpiderReservedIPSpec,
     SriovConfig, crd_manifest, crds,
 };
+pub use facts::pod_record;
 pub use spiderpool_core::round::RetryBudget;
