@@ -1,5 +1,6 @@
-//! Reference model and invariant checks of `spiderpool-core`, shared by the property tests
-//! (`tests/properties.rs`) and the fuzz targets (`fuzz/`).
+//! The test kit of the workspace: the reference model and invariant checks of
+//! `spiderpool-core`, shared by the property tests (`tests/properties.rs`) and the fuzz targets
+//! (`fuzz/`); the simulation of the cluster protocol; and the helpers every test suite shares.
 //!
 //! - [`scenario`]: a small fixed cluster (seven pools of both families, three nodes, excluded,
 //!   reserved and gateway addresses) whose pools fill up after a few requests.
@@ -16,6 +17,8 @@
 //! - [`sim`]: a simulated API server and a seeded scheduler that interleave several node
 //!   agents and a garbage collector running the core's cluster round, with injected conflicts,
 //!   failures and crashes, checking the protocol's invariants after every step.
+//! - [`kit`]: documents and requests for example tests, the plugin binary run as a runtime
+//!   runs it, and the real API server of the Kubernetes tests.
 //!
 //! ```
 //! use spiderpool_check::{Op, Scenario, run_ops, ops::{Ask, Nic, Who}};
@@ -28,6 +31,7 @@
 //! assert_eq!((summary.granted, summary.replayed, summary.released), (1, 1, 1));
 //! ```
 
+pub mod kit;
 pub mod model;
 pub mod ops;
 pub mod parsers;

@@ -4,10 +4,10 @@
 //! newer schema. Each case asserts the CNI error code, a message naming the cause, and that
 //! the state was left byte for byte as it was, with nothing allocated.
 
-mod common;
-
-use common::{Call, Fixture, IPPOOL, IPPOOLS, NODE_1, NODE_2, SEED_YAML, Snapshot, addresses};
 use serde_json::{Value, json};
+use spiderpool_check::kit::plugin::{
+    Call, Fixture, IPPOOL, IPPOOLS, NODE_1, NODE_2, SEED_YAML, Snapshot, addresses,
+};
 
 /// A seed fixture whose store already holds one allocation (c0 on worker-node-1), so that
 /// "unchanged" covers a real database, not a missing one.

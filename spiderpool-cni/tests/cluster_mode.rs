@@ -2,20 +2,16 @@
 //! (`ipam.agent_socket`), the plugin talking to the API directly (`ipam.kubeconfig`), and what
 //! it answers when neither the agent nor the API server is there.
 
-mod common;
-#[path = "../../spiderpool-k8s/tests/common/mod.rs"]
-mod k8s;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Call, PLUGIN, TempDir};
-use k8s::{
+use serde_json::{Value, json};
+use spiderpool_check::kit::apiserver::{
     allocated_counts, apply_seed, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml,
     pod_yaml, unique,
 };
-use serde_json::{Value, json};
+use spiderpool_check::kit::plugin::{Call, TempDir, plugin};
 
 const SEED_TABLE: &str =
     "NAME            VERSION   SUBNET        ALLOCATED-IP-COUNT   TOTAL-IP-COUNT   DEFAULT   DISABLE
@@ -32,7 +28,7 @@ struct Agent {
 impl Agent {
     fn start(dir: &TempDir, kubeconfig: &Path) -> Agent {
         let socket = dir.join("agent.sock");
-        let child = Command::new(PLUGIN)
+        let child = Command::new(plugin())
             .args(["agent", "--socket"])
             .arg(&socket)
             .arg("--kubeconfig")
@@ -65,7 +61,7 @@ fn network(ipam: Value) -> Value {
 }
 
 /// STATUS of a network of the cluster mode (STATUS exists from CNI 1.1.0 on).
-fn status(ipam: Value) -> common::Outcome {
+fn status(ipam: Value) -> spiderpool_check::kit::plugin::Outcome {
     let mut config = network(ipam);
     config["cniVersion"] = json!("1.1.0");
     Call::runtime_wide("STATUS").config(&config).run()

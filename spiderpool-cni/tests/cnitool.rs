@@ -5,14 +5,13 @@
 //!
 //! Without `CNITOOL` the tests say they are skipped and pass: the test command always sets it.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Allocation, Call, Fixture, IPPOOL, NODE_2, PLUGIN, SEED_ANNOTATION, pool_yaml};
 use serde_json::{Value, json};
+use spiderpool_check::kit::documents::pool;
+use spiderpool_check::kit::plugin::{Allocation, Call, Fixture, IPPOOL, NODE_2, SEED_ANNOTATION, plugin};
 
 /// Where libcni caches ADD results (`libcni.CacheDir`); cnitool has no option to move it.
 const CNI_CACHE: &str = "/var/lib/cni/results";
@@ -147,7 +146,7 @@ impl Network {
         let cni_path = fixture.dir.join("bin");
         std::fs::create_dir_all(&netconf_dir).unwrap();
         std::fs::create_dir_all(&cni_path).unwrap();
-        std::os::unix::fs::symlink(PLUGIN, cni_path.join("spiderpool")).unwrap();
+        std::os::unix::fs::symlink(plugin(), cni_path.join("spiderpool")).unwrap();
         let conflist = json!({
             "cniVersion": "1.1.0",
             "name": name,
@@ -375,7 +374,10 @@ fn gc_with_valid_attachments_frees_exactly_the_unlisted_cnitool_attachments() {
 #[test]
 fn cnitool_status_and_add_fail_when_every_pool_is_full() {
     let Some(tool) = cnitool() else { return };
-    let fixture = Fixture::with_pools(&pool_yaml("tiny", "10.9.0.0/24", "10.9.0.10", "10.9.0.1"));
+    let fixture = Fixture::with_pools(&pool(
+        "tiny",
+        "{subnet: 10.9.0.0/24, ips: [10.9.0.10], gateway: 10.9.0.1}",
+    ));
     let network = Network::new(tool, fixture, r#"{"ipv4": ["tiny"]}"#);
     let (a, b) = (Netns::new(), Netns::new());
     network.run("status", &a.path()).ok();

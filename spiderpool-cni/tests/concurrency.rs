@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use spiderpool_cni::demo::TemporaryDir;
 use spiderpool_cni::store::STATE_FILE;
 
-mod common;
-use common::PLUGIN;
+use spiderpool_check::kit::documents::pool;
+use spiderpool_check::kit::plugin::plugin;
 
 /// The pool: a /16, 65,533 addresses, far more than any test here allocates.
 const POOL: &str = "conc";
@@ -41,7 +41,10 @@ impl Network {
         let pools = dir.path().join("pools.yaml");
         std::fs::write(
             &pools,
-            common::pool_yaml(POOL, "10.20.0.0/16", "10.20.0.2-10.20.255.254", "10.20.0.1"),
+            pool(
+                POOL,
+                "{subnet: 10.20.0.0/16, ips: [10.20.0.2-10.20.255.254], gateway: 10.20.0.1}",
+            ),
         )
         .expect("the pool file is written");
         let data = dir.path().join("data");
@@ -76,7 +79,7 @@ impl Network {
     /// Runs the CLI with `-o json` and returns its output; it must succeed.
     fn cli(&self, args: &[&str]) -> Value {
         let args: Vec<&str> = ["-o", "json"].iter().chain(args).copied().collect();
-        common::cli(&self.pools, &self.data, &args)
+        spiderpool_check::kit::plugin::cli(&self.pools, &self.data, &args)
     }
 
     /// `ippool show conc`: container ID -> (address, pod UID), asserting that no address and
@@ -196,7 +199,7 @@ impl Outcome {
 /// Runs one plugin process as a runtime does and waits for it.
 fn run(call: &Call, config: &[u8]) -> Outcome {
     let started = Instant::now();
-    let mut child = Command::new(PLUGIN)
+    let mut child = Command::new(plugin())
         .env_clear()
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", &call.container)

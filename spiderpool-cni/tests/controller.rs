@@ -3,15 +3,11 @@
 //! engine's messages. Alone in its test binary: while the registration exists, every pool
 //! write in the cluster goes through this controller.
 
-mod common;
-#[path = "../../spiderpool-k8s/tests/common/mod.rs"]
-mod k8s;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::PLUGIN;
-use k8s::{forget_earlier_pools, install_crds, kubeconfig, kubectl, unique};
+use spiderpool_check::kit::apiserver::{forget_earlier_pools, install_crds, kubeconfig, kubectl, unique};
+use spiderpool_check::kit::plugin::plugin;
 
 /// `spiderpool controller` with its self-registered webhook; on drop (also when the test
 /// fails) the process is killed and the registration deleted, so that no other test's pool
@@ -26,7 +22,7 @@ impl Drop for Controller {
     fn drop(&mut self) {
         // The registration first, and a moment for the API server to drop it: it must not be
         // left calling a stopped server.
-        let _ = k8s::try_kubectl(
+        let _ = spiderpool_check::kit::apiserver::try_kubectl(
             &self.config,
             &[
                 "delete",
@@ -63,7 +59,7 @@ fn the_controller_registers_its_webhook_and_refuses_invalid_pools() {
         probe.local_addr().expect("its address").port()
     };
     let registration = unique("ctlwh");
-    let child = Command::new(PLUGIN)
+    let child = Command::new(plugin())
         .args([
             "controller",
             "--gc-interval-seconds",
@@ -87,9 +83,9 @@ fn the_controller_registers_its_webhook_and_refuses_invalid_pools() {
         "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {registration}\n  \
          labels:\n    spiderpool-test: ctlwh\nspec:\n  subnet: 10.130.0.0/16\n  ips:\n  - 10.131.0.1\n"
     );
-    k8s::wait_for_webhook(&config, &pool);
-    let refusal =
-        k8s::try_kubectl(&config, &["apply", "-f", "-"], &pool).expect_err("the invalid pool is refused");
+    spiderpool_check::kit::apiserver::wait_for_webhook(&config, &pool);
+    let refusal = spiderpool_check::kit::apiserver::try_kubectl(&config, &["apply", "-f", "-"], &pool)
+        .expect_err("the invalid pool is refused");
     assert!(
         refusal.contains("spec.ips[0]: 10.131.0.1 is outside subnet 10.130.0.0/16"),
         "{refusal}"

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use spiderpool_cni::demo::TemporaryDir;
 use spiderpool_cni::store::STATE_FILE;
 
-mod common;
-use common::PLUGIN;
+use spiderpool_check::kit::documents::pool;
+use spiderpool_check::kit::plugin::plugin;
 
 const POOL: &str = "crash";
 
@@ -84,7 +84,10 @@ impl Network {
         if !pools.exists() {
             std::fs::write(
                 &pools,
-                common::pool_yaml(POOL, "10.30.0.0/16", "10.30.0.2-10.30.255.254", "10.30.0.1"),
+                pool(
+                    POOL,
+                    "{subnet: 10.30.0.0/16, ips: [10.30.0.2-10.30.255.254], gateway: 10.30.0.1}",
+                ),
             )
             .expect("the pool file is written");
         }
@@ -108,7 +111,7 @@ impl Network {
     /// Runs the CLI with `-o json`; it must succeed, which also shows that the store opens.
     fn cli(&self, args: &[&str]) -> Value {
         let args: Vec<&str> = ["-o", "json"].iter().chain(args).copied().collect();
-        common::cli(&self.pools, &self.data, &args)
+        spiderpool_check::kit::plugin::cli(&self.pools, &self.data, &args)
     }
 
     /// The stored allocations, container ID -> address, after checking every invariant the
@@ -227,7 +230,7 @@ impl Fate {
 /// after it was started (`Child::kill` is SIGKILL on Unix).
 fn run(call: &Call, config: &[u8], kill_after: Option<Duration>) -> Fate {
     let started = Instant::now();
-    let mut child = Command::new(PLUGIN)
+    let mut child = Command::new(plugin())
         .env_clear()
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", &call.container)

@@ -3,15 +3,13 @@
 //! VERSION, which verbs each version allows, idempotent ADD and DEL, GC, CHECK, multi-interface
 //! pods, the seed scenario, a full zone, a pod's new sandbox, and a busy store.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
-    Allocation, Call, Fixture, IPPOOL, IPPOOLS, NODE_1, NODE_2, SEED_ANNOTATION, VERSIONS, addresses,
-    pool_yaml,
-};
 use serde_json::{Value, json};
+use spiderpool_check::kit::documents::pool;
+use spiderpool_check::kit::plugin::{
+    Allocation, Call, Fixture, IPPOOL, IPPOOLS, NODE_1, NODE_2, SEED_ANNOTATION, VERSIONS, addresses,
+};
 
 /// The newest version, which has GC and STATUS.
 const LATEST: &str = "1.1.0";
@@ -535,7 +533,10 @@ fn a_new_sandbox_of_the_same_pod_gets_the_same_address_and_the_old_late_del_free
 
 #[test]
 fn status_reports_50_when_every_pool_is_full_or_none_is_readable() {
-    let fixture = Fixture::with_pools(&pool_yaml("tiny", "10.9.0.0/24", "10.9.0.10", "10.9.0.1"));
+    let fixture = Fixture::with_pools(&pool(
+        "tiny",
+        "{subnet: 10.9.0.0/24, ips: [10.9.0.10], gateway: 10.9.0.1}",
+    ));
     let config = fixture.config(LATEST, NODE_2, &[(IPPOOL, r#"{"ipv4": ["tiny"]}"#)]);
     Call::runtime_wide("STATUS")
         .config(&config)

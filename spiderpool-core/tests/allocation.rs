@@ -1,8 +1,6 @@
 //! Allocation: all-or-nothing, idempotent, round-robin, never handing out what is withheld.
 
-mod common;
-
-use common::{attach, catalog, pod, pool, reserved, with_ippool};
+use spiderpool_check::kit::documents::{attach, catalog, pod, pool, reserved, with_ippool};
 use spiderpool_core::{
     AllocateError, AllocationState, InMemoryState, OwnerKey, Request, allocate, annotations, collect_garbage,
     next_free, parse_allocated_ips, pool_status, release, release_attachment, usage,

@@ -1,8 +1,6 @@
 //! Where candidate pools come from, in which order they are tried, and why each is rejected.
 
-mod common;
-
-use common::{attach, catalog, pod, pool, with_ippool};
+use spiderpool_check::kit::documents::{attach, catalog, pod, pool, with_ippool};
 use spiderpool_core::{
     AllocateError, Attachment, CandidateSource, InMemoryState, IpFamilies, Rejection, SelectionError,
     Verdict, allocate, annotations, explain,

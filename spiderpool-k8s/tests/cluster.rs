@@ -2,17 +2,16 @@
 //! all-or-nothing dual stack across two pool objects, recovery of a half-written allocation,
 //! and an API server that is down.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use common::{
+use kube::Api;
+use spiderpool_check::kit::apiserver::{
     allocated_counts, apply_seed, client, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml,
     pod_yaml, unique,
 };
-use kube::Api;
+use spiderpool_check::kit::documents::labelled_pool;
 use spiderpool_core::annotations::POD_IPPOOL;
 use spiderpool_core::round::{Refusal, RoundError};
 use spiderpool_core::{AllocationState, OwnerKey, Plan, PodIdentity, RuntimeFacts};
@@ -44,12 +43,11 @@ fn namespace_yaml(name: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
 }
 
-/// A pool of `test` (labelled for [`forget_earlier_pools`]) serving `node`.
-fn pool_yaml(test: &str, name: &str, subnet: &str, ips: &str, node: &str) -> String {
-    format!(
-        "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {name}\n  \
-         labels:\n    spiderpool-test: {test}\nspec:\n  subnet: {subnet}\n  ips:\n  - {ips}\n  nodeName:\n  - {node}\n"
-    )
+/// A pool of `test` (labelled for [`forget_earlier_pools`]) serving `node`, with `extra`
+/// fields of its spec (flow style, each followed by a comma).
+fn pool_yaml(test: &str, name: &str, subnet: &str, ips: &str, node: &str, extra: &str) -> String {
+    let spec = format!("{{{extra}subnet: {subnet}, ips: [{ips}], nodeName: [{node}]}}");
+    labelled_pool(name, &[("spiderpool-test", test)], &spec)
 }
 
 /// The first address of `interface` in a plan.
@@ -138,7 +136,7 @@ async fn fifty_concurrent_allocators_on_one_pool_converge_without_duplicates() {
     let node = unique("storm-node");
     let pool = unique("storm-pool");
     let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
-    objects += &pool_yaml("storm", &pool, "10.50.0.0/16", "10.50.1.1-10.50.1.100", &node);
+    objects += &pool_yaml("storm", &pool, "10.50.0.0/16", "10.50.1.1-10.50.1.100", &node, "");
     let annotation = format!(r#"{{"ipv4": ["{pool}"]}}"#);
     for index in 0..50 {
         objects += "---\n";
@@ -208,9 +206,9 @@ async fn dual_stack_across_two_pools_is_all_or_nothing_and_recovers_a_half_write
     let (v4, v6) = (unique("dual-v4"), unique("dual-v6"));
     let annotation = format!(r#"{{"ipv4": ["{v4}"], "ipv6": ["{v6}"]}}"#);
     let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
-    objects += &pool_yaml("dual", &v4, "10.60.0.0/16", "10.60.0.10-10.60.0.19", &node);
+    objects += &pool_yaml("dual", &v4, "10.60.0.0/16", "10.60.0.10-10.60.0.19", &node, "");
     objects += "---\n";
-    objects += &pool_yaml("dual", &v6, "fd00:60::/64", "fd00:60::10", &node);
+    objects += &pool_yaml("dual", &v6, "fd00:60::/64", "fd00:60::10", &node, "");
     for pod in ["first", "second"] {
         objects += "---\n";
         objects += &pod_yaml(&namespace, pod, &node, &[(POD_IPPOOL, &annotation)], &[]);
@@ -348,9 +346,16 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
     let (v4, v6) = (unique("giveup-a4"), unique("giveup-b6"));
     let annotation = format!(r#"{{"ipv4": ["{v4}"], "ipv6": ["{v6}"]}}"#);
     let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
-    objects += &pool_yaml("giveup", &v4, "10.61.0.0/16", "10.61.0.10-10.61.0.19", &node);
+    objects += &pool_yaml("giveup", &v4, "10.61.0.0/16", "10.61.0.10-10.61.0.19", &node, "");
     objects += "---\n";
-    objects += &pool_yaml("giveup", &v6, "fd00:61::/64", "fd00:61::10-fd00:61::19", &node);
+    objects += &pool_yaml(
+        "giveup",
+        &v6,
+        "fd00:61::/64",
+        "fd00:61::10-fd00:61::19",
+        &node,
+        "",
+    );
     objects += "---\n";
     objects += &pod_yaml(&namespace, "web", &node, &[(POD_IPPOOL, &annotation)], &[]);
     kubectl(&config, &["apply", "-f", "-"], &objects);
@@ -438,10 +443,16 @@ async fn an_invalid_pool_stops_the_add_and_a_deleted_pool_still_lets_pods_go() {
     let (bad, good) = (unique("bad-a"), unique("bad-b"));
     let mut objects = namespace_yaml(&namespace) + "---\n" + &node_yaml(&node, &[]) + "---\n";
     // Stored without the webhook: the gateway is outside the subnet.
-    objects += &pool_yaml("bad", &bad, "10.62.0.0/16", "10.62.0.10-10.62.0.19", &node)
-        .replace("spec:\n", "spec:\n  gateway: 10.99.0.1\n");
+    objects += &pool_yaml(
+        "bad",
+        &bad,
+        "10.62.0.0/16",
+        "10.62.0.10-10.62.0.19",
+        &node,
+        "gateway: 10.99.0.1, ",
+    );
     objects += "---\n";
-    objects += &pool_yaml("bad", &good, "10.63.0.0/16", "10.63.0.10-10.63.0.19", &node);
+    objects += &pool_yaml("bad", &good, "10.63.0.0/16", "10.63.0.10-10.63.0.19", &node, "");
     for (pod, pools) in [
         ("first", format!("[\"{bad}\", \"{good}\"]")),
         ("second", format!("[\"{good}\"]")),

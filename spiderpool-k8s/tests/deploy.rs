@@ -10,16 +10,14 @@
 //! `scripts/install-helm.sh`) and skip, saying so, without it; the server's tests skip without
 //! `SPIDERPOOL_TEST_KUBECONFIG`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{install_crds, kubeconfig, kubectl, repo, try_kubectl, unique};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use spiderpool_check::kit::apiserver::{install_crds, kubeconfig, kubectl, repo, try_kubectl, unique};
 
 /// The plain manifest of the agent and the controller.
 const MANIFEST: &str = "deploy/spiderpool.yaml";

@@ -3,14 +3,14 @@
 //! allocation that never committed. The tests of this file run one at a time: a sweep reads
 //! and writes every pool of the cluster, and must not meet another test's allocation halfway.
 
-mod common;
-
 use std::net::IpAddr;
 use std::path::Path;
 
-use common::{client, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use spiderpool_check::kit::apiserver::{
+    client, forget_earlier_pools, install_crds, kubeconfig, kubectl, node_yaml, pod_yaml, unique,
+};
 use spiderpool_core::annotations::POD_IPPOOL;
 use spiderpool_core::gc::{GcPolicy, GcReason};
 use spiderpool_core::{AllocationState, Change, OwnerKey, PodIdentity, RuntimeFacts};

@@ -2,18 +2,16 @@
 //! every error, then the controller against a real API server (the seed's object, changes,
 //! deletion of the network attachment, an invalid change reported as an event).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{client, install_crds, kubeconfig, kubectl, unique};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, PostParams};
 use kube::core::CustomResourceExt;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
+use spiderpool_check::kit::apiserver::{client, install_crds, kubeconfig, kubectl, unique};
 use spiderpool_k8s::multus::{
     MultusError, NetworkAttachmentDefinition, RESOURCE_NAME_ANNOTATION, RenderError, RenderSettings,
     network_attachment_definition, reconcile_multus_config, render_network, run_multus_controller,

@@ -2,19 +2,22 @@
 //! verdicts: an invalid pool, an overlapping pool, an update dropping an address in use, and
 //! the deletion of a pool in use are refused with the core's messages, through `kubectl`.
 
-mod common;
-
-use common::{client, forget_earlier_pools, install_crds, kubeconfig, try_kubectl, unique, wait_for_webhook};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+use spiderpool_check::kit::apiserver::{
+    client, forget_earlier_pools, install_crds, kubeconfig, try_kubectl, unique, wait_for_webhook,
+};
+use spiderpool_check::kit::documents::labelled_pool;
 use spiderpool_k8s::SpiderIPPool;
 
 fn pool_yaml(name: &str, label: &str, ips: &str, gateway: &str) -> String {
-    format!(
-        "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderIPPool\nmetadata:\n  name: {name}\n  labels:\n    \
-         spiderpool-webhook-test: {label}\n    spiderpool-test: webhook\nspec:\n  subnet: 10.120.0.0/16\n  ips:\n  - {ips}\n  gateway: {gateway}\n"
+    let labels = [("spiderpool-webhook-test", label), ("spiderpool-test", "webhook")];
+    labelled_pool(
+        name,
+        &labels,
+        &format!("{{subnet: 10.120.0.0/16, ips: [{ips}], gateway: {gateway}}}"),
     )
 }
 

@@ -1,20 +1,38 @@
-//! Builders shared by the example tests: pools from one-line specs, requests from facts.
-
-#![allow(dead_code)] // each test file uses a different part
+//! Documents and requests for the engine's example tests: pools from one-line specs,
+//! requests from facts.
 
 use spiderpool_core::{InMemoryState, PoolCatalog, Request, annotations, parse_documents};
 
-/// A `SpiderIPPool` document from its name and a flow-style spec.
+/// A `SpiderIPPool` document from its name and a spec in YAML flow style.
+///
+/// ```
+/// use spiderpool_check::kit::documents::{catalog, pool};
+/// let catalog = catalog(&[pool("p", "{subnet: 10.6.0.0/16, ips: [10.6.0.10-10.6.0.14], gateway: 10.6.0.1}")]);
+/// assert_eq!(catalog.pool("p").unwrap().total_count(), 5);
+/// ```
 pub fn pool(name: &str, spec: &str) -> String {
-    format!(
-        "---\n{{apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderIPPool, metadata: {{name: {name}}}, spec: {spec}}}\n"
-    )
+    labelled_pool(name, &[], spec)
+}
+
+/// A `SpiderIPPool` document with labels: what the cluster tests use to find the pools an
+/// earlier run left.
+pub fn labelled_pool(name: &str, labels: &[(&str, &str)], spec: &str) -> String {
+    resource("SpiderIPPool", name, labels, spec)
 }
 
 /// A `SpiderReservedIP` document.
 pub fn reserved(name: &str, spec: &str) -> String {
+    resource("SpiderReservedIP", name, &[], spec)
+}
+
+fn resource(kind: &str, name: &str, labels: &[(&str, &str)], spec: &str) -> String {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(key, value)| format!("{key}: {}", serde_json::to_string(value).expect("a string")))
+        .collect();
     format!(
-        "---\n{{apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderReservedIP, metadata: {{name: {name}}}, spec: {spec}}}\n"
+        "---\n{{apiVersion: spiderpool.spidernet.io/v2beta1, kind: {kind}, metadata: {{name: {name}, labels: {{{}}}}}, spec: {spec}}}\n",
+        labels.join(", ")
     )
 }
 

@@ -1,23 +1,44 @@
-//! Shared support for the plugin's integration tests: run the `spiderpool` binary as a runtime
-//! runs it (one process per call, the CNI environment, the network configuration on stdin),
-//! temporary directories, the seed scenario's pool file, network configurations, and views of
-//! the state (allocations through the CLI, the data directory's bytes).
-//!
-//! Every test file that uses it declares `mod common;`; not every file uses every helper.
-#![allow(dead_code)]
+//! The `spiderpool` binary run as a container runtime runs it (one process per call, the CNI
+//! environment, the network configuration on stdin), the CLI, temporary directories, the seed
+//! scenario's pool file and network configurations, and views of the embedded store's state
+//! (allocations through the CLI, the data directory's bytes).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use spiderpool_cni::demo::network_config;
 
-/// The plugin binary under test.
-pub const PLUGIN: &str = env!("CARGO_BIN_EXE_spiderpool");
+/// The `spiderpool` binary under test: `CARGO_BIN_EXE_spiderpool` when Cargo sets it for the
+/// running test, else the binary Cargo builds for the plugin's integration tests in the
+/// profile directory above the test executable (`target/debug/deps/TEST` →
+/// `target/debug/spiderpool`).
+pub fn plugin() -> &'static Path {
+    static PLUGIN: OnceLock<PathBuf> = OnceLock::new();
+    PLUGIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("CARGO_BIN_EXE_spiderpool") {
+            return PathBuf::from(path);
+        }
+        let test = std::env::current_exe().expect("the test executable's path");
+        let profile = test
+            .parent()
+            .and_then(Path::parent)
+            .expect("a test executable in target/<profile>/deps");
+        let binary = profile.join("spiderpool");
+        assert!(
+            binary.is_file(),
+            "{} is missing: run the plugin's tests with `cargo test -p spiderpool-cni`, which builds it",
+            binary.display()
+        );
+        binary
+    })
+}
 
 /// The seed scenario's pool file (`reference/network-zones.md`), unchanged: `test-ippool-6`
 /// (10.6.0.0/16, 10.6.168.60-69, gateway 10.6.0.1) pinned to `controller-node-1`, and
@@ -112,20 +133,9 @@ impl Fixture {
             .iter()
             .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
             .collect();
-        json!({
-            "cniVersion": version,
-            "name": "macvlan-conf",
-            "type": "macvlan",
-            "master": "eth0",
-            "mode": "bridge",
-            "ipam": {
-                "type": "spiderpool",
-                "ippools_path": self.pools,
-                "data_dir": self.data,
-                "node_name": node,
-            },
-            "args": {"cni": {"annotations": annotations}},
-        })
+        let mut config = network_config(version, &self.pools, &self.data, node, "");
+        config["args"] = json!({"cni": {"annotations": annotations}});
+        config
     }
 
     /// The seed workload's configuration: the seed's annotation, a pod on `node`.
@@ -341,7 +351,7 @@ impl Call {
     /// Runs the plugin with exactly these variables (the test's environment is not passed
     /// on) and waits for it, at most [`CALL_TIMEOUT`].
     pub fn run(&self) -> Outcome {
-        let mut child = Command::new(PLUGIN)
+        let mut child = Command::new(plugin())
             .env_clear()
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
@@ -533,7 +543,7 @@ pub fn addresses(result: &Value) -> Vec<String> {
 /// Runs the CLI (no `CNI_COMMAND`) on the pool file `pools` and the data directory `data`; it
 /// must succeed and print JSON, which is returned parsed.
 pub fn cli(pools: &Path, data: &Path, args: &[&str]) -> Value {
-    let output = Command::new(PLUGIN)
+    let output = Command::new(plugin())
         .env_remove("CNI_COMMAND")
         .arg("--ippools")
         .arg(pools)
@@ -550,21 +560,4 @@ pub fn cli(pools: &Path, data: &Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("spiderpool {args:?}: {err}: {stdout}"))
-}
-
-/// A pool file of one pool, `name`, serving every node: `subnet`, `ips` (a range string),
-/// `gateway`.
-pub fn pool_yaml(name: &str, subnet: &str, ips: &str, gateway: &str) -> String {
-    format!(
-        "apiVersion: spiderpool.spidernet.io/v2beta1
-kind: SpiderIPPool
-metadata:
-  name: {name}
-spec:
-  subnet: {subnet}
-  ips:
-    - {ips}
-  gateway: {gateway}
-"
-    )
 }

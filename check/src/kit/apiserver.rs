@@ -1,7 +1,6 @@
-//! A real API server for the tests: the one `scripts/k8s-testenv.sh` started, named by
-//! `SPIDERPOOL_TEST_KUBECONFIG`, driven with the real `kubectl` and kube-rs.
-
-#![allow(dead_code)]
+//! The real API server of the tests: the one `scripts/k8s-testenv.sh` started, named by
+//! `SPIDERPOOL_TEST_KUBECONFIG`, driven with the real `kubectl` and kube-rs, and the objects
+//! the cluster tests create on it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
