@@ -336,29 +336,10 @@ impl Invocation {
             ));
         }
         if let Some(id) = &container_id {
-            let bytes = id.as_bytes();
-            let valid = bytes[0].is_ascii_alphanumeric()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-            if !valid {
-                return Err(ProtocolError::environment(
-                    format!("CNI_CONTAINERID: {id:?} is not a valid container ID"),
-                    "it must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-                ));
-            }
+            check_container_id("CNI_CONTAINERID", id)?;
         }
         if let Some(name) = &ifname {
-            let valid = name.len() < 16
-                && name != "."
-                && name != ".."
-                && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
-            if !valid {
-                return Err(ProtocolError::environment(
-                    format!("CNI_IFNAME: {name:?} is not a valid interface name"),
-                    "use at most 15 characters, without '/', ':' or spaces",
-                ));
-            }
+            check_interface_name("CNI_IFNAME", name)?;
         }
         let args = CniArgs::parse(&get("CNI_ARGS").unwrap_or_default())?;
         Ok(Invocation {
@@ -369,6 +350,46 @@ impl Invocation {
             args,
         })
     }
+}
+
+/// Checks a container ID as the CNI specification defines it: letters, digits, `_`, `.` and
+/// `-`, starting with a letter or digit. `field` names where it came from, for the error.
+///
+/// ```
+/// use spiderpool_cni::cni::check_container_id;
+/// assert!(check_container_id("CNI_CONTAINERID", "c1-a.b_c").is_ok());
+/// let refused = check_container_id("CNI_CONTAINERID", "-c1").unwrap_err();
+/// assert!(refused.msg.starts_with("CNI_CONTAINERID: \"-c1\""));
+/// ```
+pub fn check_container_id(field: &str, id: &str) -> Result<(), ProtocolError> {
+    let valid = id.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if valid {
+        return Ok(());
+    }
+    Err(ProtocolError::environment(
+        format!("{field}: {id:?} is not a valid container ID"),
+        "it must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+    ))
+}
+
+/// Checks an interface name as Linux and the CNI specification allow it: 1 to 15 bytes, not
+/// `.` or `..`, no `/`, `:` or white space. `field` names where it came from, for the error.
+pub fn check_interface_name(field: &str, name: &str) -> Result<(), ProtocolError> {
+    let valid = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if valid {
+        return Ok(());
+    }
+    Err(ProtocolError::environment(
+        format!("{field}: {name:?} is not a valid interface name"),
+        "use 1 to 15 characters, without '/', ':' or spaces",
+    ))
 }
 
 /// The network configuration on stdin, as far as this plugin reads it. The configuration of

@@ -11,7 +11,7 @@ use spiderpool_k8s::{Batcher, ClusterStore};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::backend::{client, cluster_held, cluster_ready};
-use crate::cni::{ProtocolError, result_of};
+use crate::cni::result_of;
 use crate::failure::Failure;
 use crate::wire::{AgentAnswer, AgentCall};
 
@@ -204,13 +204,9 @@ async fn answer(
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::io::BufReader::new(read).read_line(&mut line).await?;
-    let answer = match serde_json::from_str::<AgentCall>(&line) {
+    let answer = match AgentCall::parse(&line) {
         Ok(call) => handle(call, &store, &batcher).await,
-        Err(error) => Failure::from(ProtocolError::undecodable(
-            format!("the agent could not read the call: {error}"),
-            "use a plugin of the same version as the agent",
-        ))
-        .into(),
+        Err(refused) => Failure::from(refused).into(),
     };
     let mut text = serde_json::to_string(&answer).expect("answers serialize");
     text.push('\n');

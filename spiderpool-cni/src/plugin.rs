@@ -51,19 +51,14 @@ fn serve(
             .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_owned));
         return Ok(Some(version_json(requested.as_deref())));
     }
-    let invocation = Invocation::from_env(command, var)?;
-    let config = NetworkConfig::parse(stdin)?;
-    let version = config.version_for(command)?;
-    if config.name.is_empty() {
-        return Err(ProtocolError::config("name: missing", "give the network a name").into());
-    }
-    let ipam = config.ipam()?;
-    let metadata = config.pod_metadata()?;
-    let facts = runtime_facts(&invocation, &config, &ipam, &metadata);
-    let backend = backend::choose(&ipam, &config.name, metadata, || node_name(&ipam, var));
+    let call = CniCall::read(command, var, stdin)?;
+    let (config, facts, version) = (&call.config, &call.facts, call.version);
+    let backend = backend::choose(&call.ipam, &config.name, call.metadata.clone(), || {
+        node_name(&call.ipam, var)
+    });
     match command {
-        Command::Add => Ok(Some(backend.add(&facts)?.to_json(version))),
-        Command::Del => backend.del(&facts).map(|()| None),
+        Command::Add => Ok(Some(backend.add(facts)?.to_json(version))),
+        Command::Del => backend.del(facts).map(|()| None),
         Command::Check => {
             let prev = config.prev_result.as_ref().ok_or_else(|| {
                 ProtocolError::config(
@@ -72,11 +67,11 @@ fn serve(
                 )
             })?;
             let expected: BTreeSet<IpAddr> = prev_result_addresses(prev)?.into_iter().collect();
-            let stored = backend.held(&facts)?;
+            let stored = backend.held(facts)?;
             if stored != expected {
                 return Err(Failure::CheckMismatch {
-                    interface: facts.interface,
-                    container: facts.container_id,
+                    interface: facts.interface.clone(),
+                    container: facts.container_id.clone(),
                     stored,
                     expected,
                 });
@@ -99,6 +94,52 @@ fn serve(
             .map(|()| None)
             .map_err(|failure| Failure::NotAvailable(Box::new(failure))),
         Command::Version => unreachable!("answered above"),
+    }
+}
+
+/// A CNI call as the runtime made it, read and checked, before any backend is asked: reading
+/// it does no IO, so that it can be tested and fuzzed on its own.
+#[derive(Debug, Clone)]
+pub struct CniCall {
+    /// `CNI_COMMAND`.
+    pub command: Command,
+    /// The version to answer in.
+    pub version: SpecVersion,
+    /// The network configuration.
+    pub config: NetworkConfig,
+    /// Its `ipam` section.
+    pub ipam: IpamConfig,
+    /// What `args.cni` says of the pod.
+    pub metadata: PodMetadata,
+    /// What the runtime knows of the attachment.
+    pub facts: RuntimeFacts,
+}
+
+impl CniCall {
+    /// Reads `command` (any but VERSION, which needs no configuration) with the environment
+    /// `var` and the network configuration `stdin`, naming every missing or malformed part.
+    pub fn read(
+        command: Command,
+        var: &impl Fn(&str) -> Option<String>,
+        stdin: &[u8],
+    ) -> Result<CniCall, Failure> {
+        let invocation = Invocation::from_env(command, var)?;
+        let config = NetworkConfig::parse(stdin)?;
+        let version = config.version_for(command)?;
+        if config.name.is_empty() {
+            return Err(ProtocolError::config("name: missing", "give the network a name").into());
+        }
+        let ipam = config.ipam()?;
+        let metadata = config.pod_metadata()?;
+        let facts = runtime_facts(&invocation, &config, &ipam, &metadata);
+        Ok(CniCall {
+            command,
+            version,
+            config,
+            ipam,
+            metadata,
+            facts,
+        })
     }
 }
 

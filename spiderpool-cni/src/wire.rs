@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use spiderpool_core::RuntimeFacts;
 
-use crate::cni::{CniError, IpamResult};
+use crate::cni::{CniError, IpamResult, ProtocolError, check_container_id, check_interface_name};
 use crate::failure::Failure;
 
 /// Where the agent listens, and where rendered networks point the plugin, by default.
@@ -47,6 +47,40 @@ pub enum AgentCall {
     },
     /// Whether an ADD could work now (STATUS).
     Status,
+}
+
+impl AgentCall {
+    /// Reads one call as the agent receives it, a line of JSON, and checks the facts it
+    /// carries as the plugin checks the environment they came from: the agent serves only
+    /// what a plugin of its version could have sent.
+    ///
+    /// ```
+    /// use spiderpool_cni::wire::AgentCall;
+    /// assert!(AgentCall::parse(r#"{"command": "add", "facts": {"container_id": "c1", "interface": "eth0"}}"#).is_ok());
+    /// let refused = AgentCall::parse(r#"{"command": "add", "facts": {"container_id": "", "interface": "eth0"}}"#);
+    /// assert!(refused.unwrap_err().to_string().contains("facts.container_id"));
+    /// ```
+    pub fn parse(line: &str) -> Result<AgentCall, ProtocolError> {
+        let call: AgentCall = serde_json::from_str(line).map_err(|error| {
+            ProtocolError::undecodable(
+                format!("the agent could not read the call: {error}"),
+                "use a plugin of the same version as the agent",
+            )
+        })?;
+        if let Some(facts) = call.facts() {
+            check_container_id("facts.container_id", &facts.container_id)?;
+            check_interface_name("facts.interface", &facts.interface)?;
+        }
+        Ok(call)
+    }
+
+    /// The facts the call carries (every call but STATUS).
+    pub fn facts(&self) -> Option<&RuntimeFacts> {
+        match self {
+            AgentCall::Add { facts } | AgentCall::Del { facts } | AgentCall::Held { facts } => Some(facts),
+            AgentCall::Status => None,
+        }
+    }
 }
 
 /// The agent's answer.
