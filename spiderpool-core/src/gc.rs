@@ -217,7 +217,26 @@ fn judge(
     now: Seconds,
 ) -> Verdict {
     let (Some(pod), OwnerKey::Pod(uid)) = (record.holder.pod(), record.holder.owner()) else {
-        return Verdict::Release(GcReason::NoPodIdentity);
+        // Records of the cluster mode always name their pod's UID; one written by hand
+        // without it stays while an endpoint still lists its container or commits it.
+        let container = record.holder.container_id();
+        let listed = view
+            .endpoints
+            .values()
+            .any(|endpoint| !container.is_empty() && endpoint.container_id == container);
+        let committed = record.holder.pod().is_some_and(|pod| {
+            view.endpoints
+                .get(&pod)
+                .is_some_and(|e| e.speaks_for(record.holder.owner().id()))
+                && commits
+                    .get(&pod)
+                    .is_some_and(|pairs| pairs.contains(&(record.pool.clone(), record.address)))
+        });
+        return if listed || committed {
+            Verdict::Keep
+        } else {
+            Verdict::Release(GcReason::NoPodIdentity)
+        };
     };
     let endpoint = view.endpoints.get(&pod);
     let committed = endpoint.is_some_and(|e| {
@@ -352,6 +371,22 @@ mod tests {
         assert!(result.collected.is_empty());
         assert!(result.suspects.is_empty());
         assert!(result.orphaned_endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_record_without_a_pod_uid_stays_while_an_endpoint_lists_its_container() {
+        let by_container = |container: &str| HeldAddress {
+            pool: "p".into(),
+            address: "10.0.0.9".parse().unwrap(),
+            holder: Holder::new(&OwnerKey::Container(container.into()), "eth0", None, container),
+        };
+        let mut view = healthy();
+        view.endpoints.get_mut(&pod("web")).unwrap().container_id = "c9".into();
+        assert!(run(&view, &[by_container("c9")]).collected.is_empty());
+        assert_eq!(
+            reasons(&run(&view, &[by_container("c8")])),
+            [GcReason::NoPodIdentity]
+        );
     }
 
     #[test]

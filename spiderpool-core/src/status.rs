@@ -165,10 +165,21 @@ pub fn state_from_statuses<'a>(
                     ("", container) => OwnerKey::Container(container.to_owned()),
                     (uid, _) => OwnerKey::Pod(uid.to_owned()),
                 };
-                let pod = record.pod.split_once('/').map(|(namespace, name)| PodRef {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                });
+                // A pod is written `namespace/name`; anything else could not be written back.
+                let pod = match record.pod.split_once('/') {
+                    Some((namespace, name)) => Some(PodRef {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    }),
+                    None if record.pod.is_empty() => None,
+                    None => {
+                        return Err(bad(format!(
+                            "status.allocatedIPs: {address} names pod {:?}, not namespace/name; \
+                             write the pod as namespace/name",
+                            record.pod
+                        )));
+                    }
+                };
                 let holder = Holder::new(&owner, &record.interface, pod.as_ref(), &record.container_id);
                 Ok(Change::Allocate {
                     pool: pool.to_owned(),
@@ -216,12 +227,22 @@ pub struct StatusStateError {
 pub fn parse_allocated_ips(text: &str) -> Result<BTreeMap<IpAddr, AllocationRecord>, AllocatedIpsError> {
     let raw: BTreeMap<String, AllocationRecord> =
         serde_json::from_str(text).map_err(|err| AllocatedIpsError::Json(err.to_string()))?;
-    raw.into_iter()
-        .map(|(key, record)| match key.parse::<IpAddr>() {
-            Ok(address) => Ok((address, record)),
-            Err(_) => Err(AllocatedIpsError::BadAddress(key)),
-        })
-        .collect()
+    let mut records = BTreeMap::new();
+    let mut spellings: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for (key, record) in raw {
+        let Ok(address) = key.parse::<IpAddr>() else {
+            return Err(AllocatedIpsError::BadAddress(key));
+        };
+        // Two spellings of one address would keep one record and drop the other.
+        if let Some(first) = spellings.insert(address, key.clone()) {
+            return Err(AllocatedIpsError::Duplicate {
+                address,
+                spellings: [first, key],
+            });
+        }
+        records.insert(address, record);
+    }
+    Ok(records)
 }
 
 /// `status.allocatedIPs` could not be read.
@@ -233,6 +254,17 @@ pub enum AllocatedIpsError {
     /// A key is not an address.
     #[error("status.allocatedIPs: key {0:?} is not an IP address")]
     BadAddress(String),
+    /// Two keys spell the same address.
+    #[error(
+        "status.allocatedIPs: {address} is listed twice, as {:?} and {:?}; keep the record of the pod that holds it",
+        spellings[0], spellings[1]
+    )]
+    Duplicate {
+        /// The address.
+        address: IpAddr,
+        /// Its two spellings.
+        spellings: [String; 2],
+    },
 }
 
 /// One line of `kubectl get spiderippool`, plus what `-o wide` adds.

@@ -2,8 +2,9 @@
 
 use spiderpool_check::kit::documents::{attach, catalog, pod, pool, reserved, with_ippool};
 use spiderpool_core::{
-    AllocateError, AllocationState, InMemoryState, OwnerKey, Request, allocate, annotations, collect_garbage,
-    next_free, parse_allocated_ips, pool_status, release, release_attachment, usage,
+    AllocateError, AllocationState, IPPoolStatus, InMemoryState, OwnerKey, Request, allocate, annotations,
+    collect_garbage, next_free, parse_allocated_ips, pool_status, release, release_attachment,
+    state_from_statuses, usage,
 };
 
 fn dual_stack_pools() -> Vec<String> {
@@ -330,6 +331,28 @@ fn status_uses_spiderpools_allocated_ips_shape() {
     let records = parse_allocated_ips(&text).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(status.allocated_ip_count, Some(1));
+}
+
+#[test]
+fn records_read_back_that_could_not_be_written_back_whole_are_refused_by_name() {
+    // Two spellings of one address: one record would silently win.
+    let twice =
+        r#"{"fd00::1":{"pod":"default/a","podUid":"u1"},"fd00:0::1":{"pod":"default/b","podUid":"u2"}}"#;
+    assert_eq!(
+        parse_allocated_ips(twice).unwrap_err().to_string(),
+        "status.allocatedIPs: fd00::1 is listed twice, as \"fd00:0::1\" and \"fd00::1\"; \
+         keep the record of the pod that holds it"
+    );
+    // A pod not written namespace/name would come back without its pod.
+    let status = IPPoolStatus {
+        allocated_ips: Some(r#"{"10.6.168.60":{"pod":"web","podUid":"u1"}}"#.into()),
+        ..IPPoolStatus::default()
+    };
+    assert_eq!(
+        state_from_statuses([("p", &status)]).unwrap_err().to_string(),
+        "pool p: status.allocatedIPs: 10.6.168.60 names pod \"web\", not namespace/name; \
+         write the pod as namespace/name"
+    );
 }
 
 #[test]
