@@ -272,11 +272,19 @@ impl CniArgs {
         Ok(CniArgs(pairs))
     }
 
-    /// The value of `key`, when present and not empty.
+    /// The value of `key`, when present and not empty. A key given twice counts as its last
+    /// pair says, as the reference plugins read `CNI_ARGS`.
+    ///
+    /// ```
+    /// use spiderpool_cni::cni::CniArgs;
+    /// let args = CniArgs::parse("K8S_POD_NAME=a;IgnoreUnknown=1;K8S_POD_NAME=b;K8S_POD_UID=u;K8S_POD_UID=").unwrap();
+    /// assert_eq!(args.get("K8S_POD_NAME"), Some("b"));
+    /// assert_eq!(args.get("K8S_POD_UID"), None);
+    /// ```
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
-            .find(|(k, _)| k == key)
+            .rfind(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
     }
