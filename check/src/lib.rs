@@ -12,8 +12,9 @@
 //!   library only.
 //! - [`run`]: [`run_ops`] drives the core (allocate, release, `InMemoryState::apply`) and
 //!   the model side by side and reports the first divergence or broken invariant.
-//! - [`parsers`]: checks of every parser for arbitrary text, and [`targets`] the fuzz targets
-//!   that call them.
+//! - [`parsers`]: checks of every parser for arbitrary text; [`boundary`]: checks of what
+//!   crosses a trust boundary (a CNI call, the agent's wire request, records read back from
+//!   the API server); and [`targets`], the fuzz targets that call them.
 //! - [`sim`]: a simulated API server and a seeded scheduler that interleave several node
 //!   agents and a garbage collector running the core's cluster round, with injected conflicts,
 //!   failures and crashes, checking the protocol's invariants after every step.
@@ -31,6 +32,7 @@
 //! assert_eq!((summary.granted, summary.replayed, summary.released), (1, 1, 1));
 //! ```
 
+pub mod boundary;
 pub mod kit;
 pub mod model;
 pub mod ops;

@@ -3,6 +3,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 
+use crate::boundary::{check_agent_call_text, check_api_records_text, check_cni_call_text};
 use crate::ops::Op;
 use crate::parsers::{
     check_annotation_text, check_documents_text, check_range_text, check_selector_text, check_subnet_text,
@@ -28,17 +29,26 @@ pub enum Target {
     Selector,
     /// Operation sequences against the reference model.
     AllocationOps,
+    /// A CNI call: the environment with `CNI_ARGS`, and the network configuration.
+    CniCall,
+    /// A line of the node agent's protocol.
+    AgentCall,
+    /// Pool and endpoint objects as read back from the API server.
+    ApiRecords,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 9] = [
         Target::Range,
         Target::Subnet,
         Target::Documents,
         Target::Annotations,
         Target::Selector,
         Target::AllocationOps,
+        Target::CniCall,
+        Target::AgentCall,
+        Target::ApiRecords,
     ];
 
     /// The target's name: its file in `fuzz/fuzz_targets/` and its corpus directory.
@@ -50,6 +60,9 @@ impl Target {
             Target::Annotations => "annotations",
             Target::Selector => "selector",
             Target::AllocationOps => "allocation_ops",
+            Target::CniCall => "cni_call",
+            Target::AgentCall => "agent_call",
+            Target::ApiRecords => "api_records",
         }
     }
 
@@ -64,6 +77,9 @@ impl Target {
             Target::Annotations => check_annotation_text(&text),
             Target::Selector => check_selector_text(&text),
             Target::AllocationOps => return check_allocation_bytes(data),
+            Target::CniCall => check_cni_call_text(&text),
+            Target::AgentCall => check_agent_call_text(&text),
+            Target::ApiRecords => check_api_records_text(&text),
         };
         result.map_err(|failure| failure.to_string())
     }

@@ -80,6 +80,21 @@ fn allocation_ops_inputs_pass() {
     replay(Target::AllocationOps);
 }
 
+#[test]
+fn cni_call_inputs_pass() {
+    replay(Target::CniCall);
+}
+
+#[test]
+fn agent_call_inputs_pass() {
+    replay(Target::AgentCall);
+}
+
+#[test]
+fn api_records_inputs_pass() {
+    replay(Target::ApiRecords);
+}
+
 /// Every fuzz target of `fuzz/Cargo.toml` is replayed here, and every target replayed here
 /// is a fuzz target.
 #[test]
