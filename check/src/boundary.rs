@@ -178,12 +178,26 @@ pub fn check_agent_call_text(text: &str) -> Result<(), Failure> {
             )
         })?;
     let mut cluster = agent_cluster();
+    // What the call's pod (its UID in the cluster) holds through the sandbox's interface.
+    let pod_uid = |cluster: &Cluster| {
+        let name = facts
+            .pod
+            .as_ref()
+            .map(|pod| pod.name.as_str())
+            .unwrap_or_default();
+        cluster
+            .facts(name, "", "")
+            .pod
+            .and_then(|pod| pod.uid)
+            .unwrap_or_default()
+    };
     let sandbox_holds = |cluster: &Cluster| -> BTreeSet<(String, IpAddr)> {
+        let uid = pod_uid(cluster);
         cluster
             .records()
             .into_iter()
-            .filter(|(_, _, _, container, interface)| {
-                *container == facts.container_id && *interface == facts.interface
+            .filter(|(_, _, owner, container, interface)| {
+                *owner == uid && *container == facts.container_id && *interface == facts.interface
             })
             .map(|(pool, address, ..)| (pool, address))
             .collect()
@@ -226,16 +240,15 @@ pub fn check_agent_call_text(text: &str) -> Result<(), Failure> {
         }
         AgentCall::Del { facts } => {
             let _ = cluster.serve(vec![Call::Del(facts.clone())]).remove(0);
-            // The attachment is the sandbox's interface, of the pod UID the runtime gave (a
-            // DEL naming another incarnation of the pod releases nothing of this one).
-            let uid = facts.pod.as_ref().and_then(|pod| pod.uid.as_deref());
+            // The attachment is the sandbox's interface of the pod UID the runtime gave, else of
+            // the pod's UID now (a DEL naming another incarnation releases nothing of this one).
+            let uid =
+                (facts.pod.as_ref().and_then(|pod| pod.uid.clone())).unwrap_or_else(|| pod_uid(&cluster));
             let left: Vec<_> = cluster
                 .records()
                 .into_iter()
                 .filter(|(_, _, owner, container, interface)| {
-                    *container == facts.container_id
-                        && *interface == facts.interface
-                        && uid.is_none_or(|uid| uid == owner)
+                    *owner == uid && *container == facts.container_id && *interface == facts.interface
                 })
                 .collect();
             ensure(CHECK, text, left.is_empty(), || {
