@@ -72,6 +72,11 @@ impl Subnet {
     /// assert_eq!(Subnet::parse_loose("10.6.1.7/16").unwrap().to_string(), "10.6.0.0/16");
     /// ```
     pub fn parse_loose(text: &str) -> Result<Subnet, SubnetError> {
+        Subnet::parse_parts(text).map(|(subnet, ..)| subnet)
+    }
+
+    /// The subnet `text` names, with the address and the prefix length as written.
+    fn parse_parts(text: &str) -> Result<(Subnet, IpAddr, &str), SubnetError> {
         let (address_text, prefix_text) = text
             .split_once('/')
             .ok_or_else(|| SubnetError::MissingPrefix { text: text.into() })?;
@@ -94,11 +99,12 @@ impl Subnet {
             return Err(bad_prefix());
         }
         let mask = Subnet::mask(version, prefix_len);
-        Ok(Subnet {
+        let subnet = Subnet {
             version,
             network: address_value(address) & mask,
             prefix_len,
-        })
+        };
+        Ok((subnet, address, prefix_text))
     }
 
     /// The network bits of a prefix, within the family.
@@ -166,14 +172,36 @@ impl FromStr for Subnet {
     type Err = SubnetError;
 
     fn from_str(text: &str) -> Result<Subnet, SubnetError> {
-        let subnet = Subnet::parse_loose(text)?;
-        if subnet.to_string() != text {
+        let (subnet, address, prefix) = Subnet::parse_parts(text)?;
+        // The standard library reads one spelling of an IPv4 address only; an IPv6 address
+        // has many, of which the canonical one is what `Display` writes.
+        let canonical = address_value(address) == subnet.network
+            && (prefix == "0" || !prefix.starts_with('0'))
+            && (address.is_ipv4() || subnet.is_spelled(text));
+        if !canonical {
             return Err(SubnetError::NotCanonical {
                 text: text.into(),
                 canonical: subnet,
             });
         }
         Ok(subnet)
+    }
+}
+
+impl Subnet {
+    /// Whether `text` is the canonical spelling of the subnet, compared as the canonical text
+    /// is written out, without allocating it.
+    fn is_spelled(&self, text: &str) -> bool {
+        struct Spelling<'a>(&'a [u8]);
+        impl fmt::Write for Spelling<'_> {
+            fn write_str(&mut self, part: &str) -> fmt::Result {
+                let rest = self.0.strip_prefix(part.as_bytes()).ok_or(fmt::Error)?;
+                self.0 = rest;
+                Ok(())
+            }
+        }
+        let mut spelling = Spelling(text.as_bytes());
+        fmt::write(&mut spelling, format_args!("{self}")).is_ok() && spelling.0.is_empty()
     }
 }
 
