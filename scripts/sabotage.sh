@@ -3,7 +3,9 @@
 # purpose. Every patch of check/sabotage/ breaks one rule of spiderpool-core/src/round.rs (its
 # first line says which); each is applied to a copy of the committed tree, and the simulation
 # must fail there. Prints the first violation of each. Not part of the test command: every
-# patch builds the core again (about a minute each on 2 cores).
+# patch builds the core and what depends on it again (a minute or two each on 2 cores). The
+# copy builds into the repository's target directory (or SPIDERPOOL_SABOTAGE_TARGET), so that
+# the dependencies are not built again; the copy's crates get their own file names there.
 #
 #   bash scripts/sabotage.sh              # 10,000 schedules per patch, or SPIDERPOOL_SIM_SCHEDULES
 #   bash scripts/sabotage.sh check/sabotage/no-compensation.patch     # one patch
@@ -11,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 schedules="${SPIDERPOOL_SIM_SCHEDULES:-10000}"
+target="${SPIDERPOOL_SABOTAGE_TARGET:-${CARGO_TARGET_DIR:-$repo/target}}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/spiderpool-sabotage.XXXXXX")"
 cleanup() {
   git -C "$repo" worktree remove --force "$work/tree" >/dev/null 2>&1 || true
@@ -26,7 +29,7 @@ for patch in "$@"; do
   git -C "$work/tree" checkout -q -- .
   git -C "$work/tree" apply "$repo/$patch"
   echo "== $patch: $(head -n1 "$patch" | sed 's/^# //')"
-  if output=$(cd "$work/tree" && CARGO_TARGET_DIR="$work/target" SPIDERPOOL_SIM_SCHEDULES="$schedules" \
+  if output=$(cd "$work/tree" && CARGO_TARGET_DIR="$target" SPIDERPOOL_SIM_SCHEDULES="$schedules" \
       cargo test -q -p spiderpool-check --test simulation 2>&1); then
     echo "   NOT caught in $schedules schedules"
     status=1
