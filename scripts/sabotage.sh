@@ -4,8 +4,10 @@
 # first line says which); each is applied to a copy of the committed tree, and the simulation
 # must fail there. Prints the first violation of each. Not part of the test command: every
 # patch builds the core and what depends on it again (a minute or two each on 2 cores). The
-# copy builds into the repository's target directory (or SPIDERPOOL_SABOTAGE_TARGET), so that
-# the dependencies are not built again; the copy's crates get their own file names there.
+# copies build into target/sabotage (or SPIDERPOOL_SABOTAGE_TARGET), kept between runs so that
+# the dependencies are built once; never into the tree's own build directory: Cargo names a
+# workspace crate's build by its path within the workspace, so a patched copy's build would
+# pass for the tree's.
 #
 #   bash scripts/sabotage.sh              # 10,000 schedules per patch, or SPIDERPOOL_SIM_SCHEDULES
 #   bash scripts/sabotage.sh check/sabotage/no-compensation.patch     # one patch
@@ -13,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 schedules="${SPIDERPOOL_SIM_SCHEDULES:-10000}"
-target="${SPIDERPOOL_SABOTAGE_TARGET:-${CARGO_TARGET_DIR:-$repo/target}}"
+target="${SPIDERPOOL_SABOTAGE_TARGET:-$repo/target/sabotage}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/spiderpool-sabotage.XXXXXX")"
 cleanup() {
   git -C "$repo" worktree remove --force "$work/tree" >/dev/null 2>&1 || true

@@ -75,6 +75,11 @@ spec: {ips: [10.1.0.12]}
 
 /// The reserved address of [`POOLS`]: never handed out.
 const RESERVED: &str = "10.1.0.12";
+/// How long after the previous request of its step a request lands, at most: a GET or a
+/// write, and a LIST (of the pools, or of every pod, node, endpoint and StatefulSet), which
+/// takes longer on a real API server. Other actors' steps run meanwhile.
+const REQUEST_LATENCY: Duration = Duration::from_millis(4);
+const LIST_LATENCY: Duration = Duration::from_millis(16);
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const NAMESPACE: &str = "default";
@@ -716,6 +721,11 @@ impl World {
         }
     }
 
+    /// A request's latency: up to `ceiling`.
+    fn latency(&mut self, ceiling: Duration) -> Duration {
+        Duration::from_micros(self.rng.u64(0..=ceiling.as_micros() as u64))
+    }
+
     fn chance(&mut self, probability: f64) -> bool {
         probability > 0.0 && self.rng.f64() < probability
     }
@@ -1205,6 +1215,13 @@ impl World {
                 if parts.is_empty() {
                     running.batch.read(Ok(*read));
                 } else {
+                    let next = parts.last().expect("a read is left");
+                    let ceiling = if next.pools || next.everything {
+                        LIST_LATENCY
+                    } else {
+                        REQUEST_LATENCY
+                    };
+                    running.wake = self.now + self.latency(ceiling);
                     running.pending = Some(Pending::Reads { parts, read });
                 }
             }
@@ -1227,6 +1244,7 @@ impl World {
                         .batch
                         .endpoints_written(results.into_iter().map(|r| r.expect("written")).collect());
                 } else {
+                    running.wake = self.now + self.latency(REQUEST_LATENCY);
                     running.pending = Some(Pending::Endpoints {
                         writes,
                         order,
