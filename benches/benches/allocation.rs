@@ -7,6 +7,8 @@
 //!   pod's `ipam.spidernet.io/ippool` annotation naming the pool, apply, `release`, apply.
 //! - `candidate_resolution/{explicit,glob}`: `allocate` (planning only) with 10,000 pools over
 //!   1,000 nodes and four candidates of which only the last serves the node.
+//! - `subnet/{parse,contains,display}/{core,ipnet}`: the core's `Subnet` against `ipnet::IpNet`
+//!   on the same CIDRs of both families (decision 0009 reads these).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -68,5 +70,77 @@ fn candidate_resolution(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, candidate_resolution, allocation);
+/// The core's `Subnet` and `ipnet::IpNet` on the same work: strict parsing (the canonical
+/// check `spec.subnet` needs: ipnet accepts host bits, so its side truncates and compares),
+/// containment of an address, and display.
+fn subnet(c: &mut Criterion) {
+    use spiderpool_core::Subnet;
+    const CIDRS: [&str; 4] = [
+        "10.6.0.0/16",
+        "192.168.100.0/24",
+        "fd00:6::/64",
+        "2001:db8:abcd::/48",
+    ];
+    let addresses: Vec<std::net::IpAddr> =
+        ["10.6.168.60", "192.168.101.1", "fd00:6::1:2", "2001:db8:abce::1"]
+            .iter()
+            .map(|a| a.parse().expect("an address"))
+            .collect();
+    let core: Vec<Subnet> = CIDRS.iter().map(|c| c.parse().expect("canonical")).collect();
+    let ipnet: Vec<ipnet::IpNet> = CIDRS.iter().map(|c| c.parse().expect("canonical")).collect();
+    let mut group = c.benchmark_group("subnet");
+    group.bench_function("parse/core", |b| {
+        b.iter(|| {
+            CIDRS
+                .iter()
+                .map(|c| black_box(c).parse::<Subnet>().is_ok() as u32)
+                .sum::<u32>()
+        })
+    });
+    group.bench_function("parse/ipnet", |b| {
+        b.iter(|| {
+            CIDRS
+                .iter()
+                .map(|c| black_box(c).parse::<ipnet::IpNet>().is_ok_and(|n| n.trunc() == n) as u32)
+                .sum::<u32>()
+        })
+    });
+    group.bench_function("contains/core", |b| {
+        b.iter(|| {
+            let subnets = black_box(&core);
+            addresses
+                .iter()
+                .map(|a| subnets.iter().filter(|s| s.contains(*a)).count())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("contains/ipnet", |b| {
+        b.iter(|| {
+            let nets = black_box(&ipnet);
+            addresses
+                .iter()
+                .map(|a| nets.iter().filter(|n| n.contains(a)).count())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("display/core", |b| {
+        b.iter(|| {
+            black_box(&core)
+                .iter()
+                .map(|s| s.to_string().len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("display/ipnet", |b| {
+        b.iter(|| {
+            black_box(&ipnet)
+                .iter()
+                .map(|n| n.to_string().len())
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, candidate_resolution, subnet, allocation);
 criterion_main!(benches);
