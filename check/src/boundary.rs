@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde_json::Value;
-use spiderpool_cni::cni::{
-    Command, check_container_id, check_interface_name, prev_result_addresses, version_json,
-};
+use spiderpool_cni::cni::{Command, prev_result_addresses, version_json};
 use spiderpool_cni::failure::Failure as CallFailure;
 use spiderpool_cni::plugin::CniCall;
 use spiderpool_cni::wire::AgentCall;
@@ -147,11 +145,11 @@ fn call_args(text: &str) -> BTreeMap<&str, &str> {
 
 /// One line of the node agent's protocol, `text`, as the agent reads it.
 ///
-/// What must hold: a refusal has a protocol code; an accepted call carries facts the
-/// plugin's checks accept, crosses the wire again unchanged, and is served by the round on
-/// the simulation's cluster without panic: an ADD answered holds one record per address for
-/// the call's sandbox and interface, committed by the pod's endpoint, and is answered the same for
-/// its interface when made again; a DEL leaves the sandbox's interface holding nothing.
+/// What must hold: a refusal has a protocol code; an accepted call crosses the wire again
+/// unchanged, and is served by the round on the simulation's cluster without panic: an ADD
+/// answered holds one record per address for the call's sandbox and interface, committed by
+/// the pod's endpoint, and is answered the same for its interface when made again; a DEL
+/// leaves the sandbox's interface holding nothing.
 pub fn check_agent_call_text(text: &str) -> Result<(), Failure> {
     const CHECK: &str = "agent_call";
     let call = match AgentCall::parse(text) {
@@ -168,15 +166,6 @@ pub fn check_agent_call_text(text: &str) -> Result<(), Failure> {
     let Some(facts) = call.facts() else {
         return Ok(());
     };
-    check_container_id("facts.container_id", &facts.container_id)
-        .and_then(|()| check_interface_name("facts.interface", &facts.interface))
-        .map_err(|refused| {
-            Failure::new(
-                CHECK,
-                text,
-                format!("accepted facts the plugin refuses: {refused}"),
-            )
-        })?;
     let mut cluster = agent_cluster();
     // What the call's pod (its UID in the cluster) holds through the sandbox's interface.
     let pod_uid = |cluster: &Cluster| {

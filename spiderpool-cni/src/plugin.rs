@@ -51,14 +51,17 @@ fn serve(
             .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_owned));
         return Ok(Some(version_json(requested.as_deref())));
     }
-    let call = CniCall::read(command, var, stdin)?;
-    let (config, facts, version) = (&call.config, &call.facts, call.version);
-    let backend = backend::choose(&call.ipam, &config.name, call.metadata.clone(), || {
-        node_name(&call.ipam, var)
-    });
+    let CniCall {
+        version,
+        config,
+        ipam,
+        metadata,
+        facts,
+    } = CniCall::read(command, var, stdin)?;
+    let backend = backend::choose(&ipam, &config.name, metadata, || node_name(&ipam, var));
     match command {
-        Command::Add => Ok(Some(backend.add(facts)?.to_json(version))),
-        Command::Del => backend.del(facts).map(|()| None),
+        Command::Add => Ok(Some(backend.add(&facts)?.to_json(version))),
+        Command::Del => backend.del(&facts).map(|()| None),
         Command::Check => {
             let prev = config.prev_result.as_ref().ok_or_else(|| {
                 ProtocolError::config(
@@ -67,11 +70,11 @@ fn serve(
                 )
             })?;
             let expected: BTreeSet<IpAddr> = prev_result_addresses(prev)?.into_iter().collect();
-            let stored = backend.held(facts)?;
+            let stored = backend.held(&facts)?;
             if stored != expected {
                 return Err(Failure::CheckMismatch {
-                    interface: facts.interface.clone(),
-                    container: facts.container_id.clone(),
+                    interface: facts.interface,
+                    container: facts.container_id,
                     stored,
                     expected,
                 });
@@ -101,8 +104,6 @@ fn serve(
 /// it does no IO, so that it can be tested and fuzzed on its own.
 #[derive(Debug, Clone)]
 pub struct CniCall {
-    /// `CNI_COMMAND`.
-    pub command: Command,
     /// The version to answer in.
     pub version: SpecVersion,
     /// The network configuration.
@@ -133,7 +134,6 @@ impl CniCall {
         let metadata = config.pod_metadata()?;
         let facts = runtime_facts(&invocation, &config, &ipam, &metadata);
         Ok(CniCall {
-            command,
             version,
             config,
             ipam,

@@ -216,7 +216,14 @@ fn judge(
     policy: GcPolicy,
     now: Seconds,
 ) -> Verdict {
-    let (Some(pod), OwnerKey::Pod(uid)) = (record.holder.pod(), record.holder.owner()) else {
+    let pod = record.holder.pod();
+    let endpoint = pod.as_ref().and_then(|pod| view.endpoints.get(pod));
+    let committed = endpoint.is_some_and(|e| e.speaks_for(record.holder.owner().id()))
+        && pod
+            .as_ref()
+            .and_then(|pod| commits.get(pod))
+            .is_some_and(|pairs| pairs.contains(&(record.pool.clone(), record.address)));
+    let (Some(pod), OwnerKey::Pod(uid)) = (pod, record.holder.owner()) else {
         // Records of the cluster mode always name their pod's UID; one written by hand
         // without it stays while an endpoint still lists its container or commits it.
         let container = record.holder.container_id();
@@ -224,27 +231,12 @@ fn judge(
             .endpoints
             .values()
             .any(|endpoint| !container.is_empty() && endpoint.container_id == container);
-        let committed = record.holder.pod().is_some_and(|pod| {
-            view.endpoints
-                .get(&pod)
-                .is_some_and(|e| e.speaks_for(record.holder.owner().id()))
-                && commits
-                    .get(&pod)
-                    .is_some_and(|pairs| pairs.contains(&(record.pool.clone(), record.address)))
-        });
         return if listed || committed {
             Verdict::Keep
         } else {
             Verdict::Release(GcReason::NoPodIdentity)
         };
     };
-    let endpoint = view.endpoints.get(&pod);
-    let committed = endpoint.is_some_and(|e| {
-        e.speaks_for(&uid)
-            && commits
-                .get(&pod)
-                .is_some_and(|pairs| pairs.contains(&(record.pool.clone(), record.address)))
-    });
     let Some(live) = view.pods.get(&pod) else {
         return match endpoint {
             Some(endpoint) if committed && kept_by_statefulset(&pod, endpoint, view) => Verdict::Keep,

@@ -252,10 +252,18 @@ mod tests {
             "subnet fd00::1/64 is not in canonical form: write fd00::/64"
         );
         // Leading zeros and upper case are not canonical either.
-        assert!(matches!(
-            "FD00::/64".parse::<Subnet>(),
-            Err(SubnetError::NotCanonical { .. })
-        ));
+        for text in [
+            "FD00::/64",
+            "fd00:0::/64",
+            "fd00::/064",
+            "10.6.0.0/016",
+            "10.6.0.0/00",
+        ] {
+            assert!(
+                matches!(text.parse::<Subnet>(), Err(SubnetError::NotCanonical { .. })),
+                "{text}"
+            );
+        }
     }
 
     #[test]
