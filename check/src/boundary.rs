@@ -228,11 +228,16 @@ pub fn check_agent_call_text(text: &str) -> Result<(), Failure> {
             )
         }
         AgentCall::Del { facts } => {
-            let _ = cluster.serve(vec![Call::Del(facts.clone())]).remove(0);
             // The attachment is the sandbox's interface of the pod UID the runtime gave, else of
             // the pod's UID now (a DEL naming another incarnation releases nothing of this one).
             let uid =
                 (facts.pod.as_ref().and_then(|pod| pod.uid.clone())).unwrap_or_else(|| pod_uid(&cluster));
+            // Served by the agent of the node the sandbox's pod runs on, which names its node.
+            let mut served = facts.clone();
+            if served.node.is_none() {
+                served.node = cluster.node_of(&uid);
+            }
+            let _ = cluster.serve(vec![Call::Del(served)]).remove(0);
             let left: Vec<_> = cluster
                 .records()
                 .into_iter()

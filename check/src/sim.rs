@@ -28,13 +28,13 @@ use std::time::Duration;
 use fastrand::Rng;
 use spiderpool_core::gc::{GcPolicy, Seconds};
 use spiderpool_core::round::{
-    Batch, Call, EndpointChange, EndpointWrite, Outcome, Poll, PoolWrite, Pools, Reads, RetryBudget,
-    RoundError, Snapshot, Step, Versioned, Written,
+    Batch, BlockChange, BlockWrite, Call, EndpointChange, EndpointWrite, Outcome, Poll, PoolWrite, Pools,
+    Reads, RetryBudget, RoundError, Snapshot, Step, Versioned, Written,
 };
 use spiderpool_core::{
-    Attachment, Controller, EndpointSpec, IPPoolStatus, IpVersion, NamespaceFacts, NetworkFacts, OwnerKey,
-    PodIdentity, PodPhase, PodRecord, PodRef, RuntimeFacts, SpiderIPPool, SpiderReservedIP, parse_documents,
-    statefulset_keeps,
+    Attachment, Block, BlockSpec, Change, Controller, EndpointSpec, IPPoolStatus, IndexedBlock, IpVersion,
+    NamespaceFacts, NetworkFacts, OwnerKey, PodIdentity, PodPhase, PodRecord, PodRef, RuntimeFacts,
+    SpiderIPPool, SpiderReservedIP, parse_documents, statefulset_keeps,
 };
 
 /// How many steps one schedule may take before it is reported as not settling.
@@ -45,17 +45,17 @@ const POOLS: &str = "
 apiVersion: spiderpool.spidernet.io/v2beta1
 kind: SpiderIPPool
 metadata: {name: a4}
-spec: {subnet: 10.1.0.0/24, ips: [10.1.0.10-10.1.0.15], gateway: 10.1.0.1, nodeName: [n1, n2]}
+spec: {subnet: 10.1.0.0/24, ips: [10.1.0.10-10.1.0.15], gateway: 10.1.0.1, nodeName: [n1, n2], blockSize: 30}
 ---
 apiVersion: spiderpool.spidernet.io/v2beta1
 kind: SpiderIPPool
 metadata: {name: b4}
-spec: {subnet: 10.2.0.0/24, ips: [10.2.0.10-10.2.0.13], gateway: 10.2.0.1, nodeName: [n3]}
+spec: {subnet: 10.2.0.0/24, ips: [10.2.0.10-10.2.0.13], gateway: 10.2.0.1, nodeName: [n3], blockSize: 31}
 ---
 apiVersion: spiderpool.spidernet.io/v2beta1
 kind: SpiderIPPool
 metadata: {name: a6}
-spec: {subnet: 'fd00:1::/64', ips: ['fd00:1::10-fd00:1::15'], nodeName: [n1, n2]}
+spec: {subnet: 'fd00:1::/64', ips: ['fd00:1::10-fd00:1::15'], nodeName: [n1, n2], blockSize: 126}
 ---
 apiVersion: spiderpool.spidernet.io/v2beta1
 kind: SpiderIPPool
@@ -65,7 +65,7 @@ spec: {subnet: 'fd00:2::/64', ips: ['fd00:2::10-fd00:2::13'], nodeName: [n3]}
 apiVersion: spiderpool.spidernet.io/v2beta1
 kind: SpiderIPPool
 metadata: {name: m4}
-spec: {subnet: 10.3.0.0/24, ips: [10.3.0.10-10.3.0.17]}
+spec: {subnet: 10.3.0.0/24, ips: [10.3.0.10-10.3.0.17], blockSize: 31}
 ---
 apiVersion: spiderpool.spidernet.io/v2beta1
 kind: SpiderReservedIP
@@ -129,11 +129,14 @@ pub struct Tally {
     pub kept: usize,
     /// Records the collector released.
     pub collected: usize,
+    /// Blocks the collector gave back.
+    pub blocks_given_back: usize,
 }
 
 impl std::ops::AddAssign for Tally {
     fn add_assign(&mut self, other: Tally) {
         self.steps += other.steps;
+        self.blocks_given_back += other.blocks_given_back;
         self.added += other.added;
         self.failed += other.failed;
         self.deleted += other.deleted;
@@ -186,6 +189,7 @@ struct Server {
     nodes: BTreeMap<String, BTreeMap<String, String>>,
     endpoints: BTreeMap<PodRef, Stored<EndpointSpec>>,
     statefulsets: BTreeMap<PodRef, u32>,
+    blocks: BTreeMap<String, Stored<BlockSpec>>,
 }
 
 impl Server {
@@ -278,7 +282,71 @@ impl Server {
                 .statefulsets
                 .insert(set.clone(), self.statefulsets.get(set).copied());
         }
+        let all = reads.everything;
+        for (name, stored) in &self.blocks {
+            if all || reads.node_blocks.contains(&stored.object.node) || reads.blocks.contains(name) {
+                snapshot
+                    .blocks
+                    .insert(name.clone(), Some(self.block(name, stored)));
+            }
+            if reads.block_index.contains(&stored.object.pool) {
+                let start = stored
+                    .object
+                    .cidr
+                    .parse::<spiderpool_core::Subnet>()
+                    .expect("a block's cidr");
+                let indexed = IndexedBlock {
+                    name: name.clone(),
+                    start: start.network(),
+                    node: stored.object.node.clone(),
+                    allocated: stored.object.allocated_ips.len() as u64,
+                    pool_uid: stored.object.pool_uid.clone(),
+                };
+                snapshot
+                    .block_index
+                    .entry(stored.object.pool.clone())
+                    .or_default()
+                    .push(indexed);
+            }
+        }
+        for name in &reads.blocks {
+            snapshot.blocks.entry(name.clone()).or_insert(None);
+        }
+        for pool in &reads.block_index {
+            snapshot.block_index.entry(pool.clone()).or_default();
+        }
+        snapshot.node_blocks.extend(reads.node_blocks.iter().cloned());
         snapshot
+    }
+
+    fn block(&self, name: &str, stored: &Stored<BlockSpec>) -> Block {
+        Block::read(name, stored.version.to_string(), stored.object.clone())
+            .expect("blocks the core wrote read back")
+    }
+
+    fn write_block(&mut self, write: &BlockWrite) -> bool {
+        let current = self
+            .blocks
+            .get(&write.name)
+            .map(|stored| stored.version.to_string());
+        let version = self.bump();
+        match (&write.change, current) {
+            (BlockChange::Create(spec), None) => {
+                let object = spec.clone();
+                self.blocks.insert(write.name.clone(), Stored { version, object });
+                true
+            }
+            (BlockChange::Replace { version: read, spec }, Some(current)) if *read == current => {
+                let object = spec.clone();
+                self.blocks.insert(write.name.clone(), Stored { version, object });
+                true
+            }
+            (BlockChange::Delete { version: read }, Some(current)) if *read == current => {
+                self.blocks.remove(&write.name);
+                true
+            }
+            _ => false,
+        }
     }
 
     fn endpoint(&self, pod: &PodRef) -> Option<Versioned<EndpointSpec>> {
@@ -359,6 +427,25 @@ impl Server {
                 records.push((
                     pool.clone(),
                     address,
+                    holder.owner(),
+                    holder.container_id(),
+                    holder.interface(),
+                ));
+            }
+        }
+        for (name, stored) in &self.blocks {
+            for change in &self.block(name, stored).allocations {
+                let Change::Allocate {
+                    pool,
+                    address,
+                    holder,
+                } = change
+                else {
+                    unreachable!("a block reads as allocations")
+                };
+                records.push((
+                    pool.clone(),
+                    *address,
                     holder.owner(),
                     holder.container_id(),
                     holder.interface(),
@@ -557,6 +644,21 @@ fn split(reads: &Reads) -> Vec<Reads> {
             part.statefulsets.insert(set.clone());
         }));
     }
+    for node in &reads.node_blocks {
+        parts.push(one(&|part| {
+            part.node_blocks.insert(node.clone());
+        }));
+    }
+    for pool in &reads.block_index {
+        parts.push(one(&|part| {
+            part.block_index.insert(pool.clone());
+        }));
+    }
+    for block in &reads.blocks {
+        parts.push(one(&|part| {
+            part.blocks.insert(block.clone());
+        }));
+    }
     parts
 }
 
@@ -573,6 +675,7 @@ struct Collector {
     running: Option<Running>,
     next_sweep: Duration,
     suspects: BTreeMap<(String, IpAddr), Seconds>,
+    empty_blocks: BTreeMap<String, Seconds>,
 }
 
 /// One schedule: the cluster, its actors and the scheduler's state.
@@ -687,12 +790,14 @@ impl World {
                 running: None,
                 next_sweep: first_sweep,
                 suspects: BTreeMap::new(),
+                empty_blocks: BTreeMap::new(),
             },
             // Grace periods in whole seconds of sim time, far above any batch (its deadline
             // is 400 ms), as in a cluster (120 s against 30 s).
             policy: GcPolicy {
                 finished_grace: 3,
                 uncommitted_grace: 3,
+                empty_block_grace: 2,
             },
             mailbox: Vec::new(),
             next_id: 0,
@@ -990,6 +1095,14 @@ impl World {
         });
         let pod = kubelet.pod.clone();
         let node = kubelet.node.clone();
+        // The agent knows its node, and tells it with a DEL, where the pod may be gone.
+        let call = match call {
+            Call::Del(mut facts) => {
+                facts.node.get_or_insert_with(|| node.clone());
+                Call::Del(facts)
+            }
+            other => other,
+        };
         self.log(format!("{pod}: sends {} (call {id}) to {node}", describe(&call)));
         self.calls.insert(id, (index, call.clone()));
         let agent = self
@@ -1105,6 +1218,7 @@ impl World {
                     now: seconds(self.now),
                     policy: self.policy,
                     suspects: self.collector.suspects.clone(),
+                    empty_blocks: self.collector.empty_blocks.clone(),
                 }],
                 self.budget,
                 self.now,
@@ -1133,8 +1247,13 @@ impl World {
                         collected.reason
                     ));
                 }
+                for block in &sweep.released_blocks {
+                    self.log(format!("collector gave back block {block}"));
+                }
                 self.tally.collected += sweep.collected.len();
+                self.tally.blocks_given_back += sweep.released_blocks.len();
                 self.collector.suspects = sweep.suspects;
+                self.collector.empty_blocks = sweep.empty_blocks;
             }
         }
         if done {
@@ -1177,6 +1296,21 @@ impl World {
                 ));
                 running.batch.pool_written(written);
             }
+            Step::WriteBlock(write) => {
+                let write = write.clone();
+                let written = self.write(|server| server.write_block(&write));
+                self.log(format!(
+                    "{actor}: write block {} ({}, {} records): {written:?}",
+                    write.name,
+                    match write.change {
+                        BlockChange::Create(_) => "create",
+                        BlockChange::Replace { .. } => "replace",
+                        BlockChange::Delete { .. } => "delete",
+                    },
+                    write.spec().map_or(0, |spec| spec.allocated_ips.len())
+                ));
+                running.batch.pool_written(written);
+            }
             Step::WriteEndpoints(writes) => {
                 let writes = writes.to_vec();
                 let mut order: Vec<usize> = (0..writes.len()).collect();
@@ -1216,7 +1350,11 @@ impl World {
                     running.batch.read(Ok(*read));
                 } else {
                     let next = parts.last().expect("a read is left");
-                    let ceiling = if next.pools || next.everything {
+                    let ceiling = if next.pools
+                        || next.everything
+                        || !next.block_index.is_empty()
+                        || !next.node_blocks.is_empty()
+                    {
                         LIST_LATENCY
                     } else {
                         REQUEST_LATENCY
@@ -1586,7 +1724,9 @@ impl World {
                     match result {
                         Ok(Outcome::Swept(sweep)) => {
                             self.tally.collected += sweep.collected.len();
+                            self.tally.blocks_given_back += sweep.released_blocks.len();
                             self.collector.suspects = sweep.suspects;
+                            self.collector.empty_blocks = sweep.empty_blocks;
                         }
                         other => return Err(self.violation(format!("the final sweep failed: {other:?}"))),
                     }
@@ -1671,7 +1811,7 @@ fn describe(call: &Call) -> String {
     match call {
         Call::Add(facts) => format!("ADD {} {}", facts.container_id, facts.interface),
         Call::Del(facts) => format!("DEL {} {}", facts.container_id, facts.interface),
-        Call::Abandon { pod, uid } => format!("abandon {pod} {uid}"),
+        Call::Abandon { pod, uid, .. } => format!("abandon {pod} {uid}"),
         Call::Sweep { now, .. } => format!("sweep at {now}"),
     }
 }
@@ -1699,6 +1839,15 @@ fn describe_reads(reads: &Reads) -> String {
     }
     for pod in &reads.endpoints {
         parts.push(format!("endpoint {pod}"));
+    }
+    for node in &reads.node_blocks {
+        parts.push(format!("blocks of {node}"));
+    }
+    for pool in &reads.block_index {
+        parts.push(format!("block index of {pool}"));
+    }
+    for block in &reads.blocks {
+        parts.push(format!("block {block}"));
     }
     for set in &reads.statefulsets {
         parts.push(format!("statefulset {set}"));
@@ -1786,6 +1935,15 @@ impl Cluster {
         uid
     }
 
+    /// The node the pod of UID `uid` runs on: where the agent that serves its calls runs.
+    pub fn node_of(&self, uid: &str) -> Option<String> {
+        self.server
+            .pods
+            .values()
+            .find(|record| record.uid == uid)
+            .map(|record| record.node.clone())
+    }
+
     /// Deletes pod `name` (its object only: no DEL).
     pub fn remove_pod(&mut self, name: &str) {
         self.server.pods.remove(&pod_ref(name));
@@ -1833,6 +1991,11 @@ impl Cluster {
                 Step::WritePool(write) => {
                     let write = write.clone();
                     let done = self.server.write_pool(&write);
+                    batch.pool_written(if done { Written::Done } else { Written::Conflict });
+                }
+                Step::WriteBlock(write) => {
+                    let write = write.clone();
+                    let done = self.server.write_block(&write);
                     batch.pool_written(if done { Written::Done } else { Written::Conflict });
                 }
                 Step::WriteEndpoints(writes) => {

@@ -145,6 +145,7 @@ fn the_collector_releases_an_uncommitted_record_after_its_grace_period_only() {
             now: cluster.clock(),
             policy,
             suspects,
+            empty_blocks: Default::default(),
         };
         match cluster.serve(vec![call]).remove(0).expect("a sweep") {
             Outcome::Swept(sweep) => sweep,

@@ -30,6 +30,12 @@ pub struct ControllerArgs {
     /// Seconds an address may stay held without a SpiderEndpoint committing it.
     #[arg(long, default_value_t = 120)]
     pub uncommitted_grace_seconds: i64,
+    /// Milliseconds between two updates of the pools' allocatedIPCount from their blocks.
+    #[arg(long, default_value_t = 1000)]
+    pub count_interval_ms: u64,
+    /// Seconds a block may stay empty before its node gives it back.
+    #[arg(long, default_value_t = 300)]
+    pub empty_block_grace_seconds: i64,
     /// The node agents' socket, written into every rendered network (`ipam.agent_socket`).
     #[arg(long, default_value = crate::wire::DEFAULT_SOCKET)]
     pub agent_socket: PathBuf,
@@ -94,10 +100,16 @@ pub fn run_controller(args: &ControllerArgs) -> Result<(), String> {
         let policy = spiderpool_core::gc::GcPolicy {
             finished_grace: args.finished_grace_seconds,
             uncommitted_grace: args.uncommitted_grace_seconds,
+            empty_block_grace: args.empty_block_grace_seconds,
         };
         let interval = std::time::Duration::from_secs(args.gc_interval_seconds.max(1));
         let collector =
             spiderpool_k8s::gc::run_collector(ClusterStore::new(client.clone()), policy, interval);
+        // ALLOCATED-IP-COUNT within about a second of an allocation, written by this one writer.
+        let counter = spiderpool_k8s::gc::run_counter(
+            ClusterStore::new(client.clone()),
+            std::time::Duration::from_millis(args.count_interval_ms.max(100)),
+        );
         let webhook_client = client.clone();
         let multus = async {
             // Without Multus' CRD there is nothing to render; collecting goes on.
@@ -119,7 +131,7 @@ pub fn run_controller(args: &ControllerArgs) -> Result<(), String> {
             }
         };
         eprintln!("spiderpool controller: running");
-        let ((), (), webhook) = tokio::join!(collector, multus, webhook);
+        let ((), (), (), webhook) = tokio::join!(collector, counter, multus, webhook);
         webhook
     })
 }
@@ -167,7 +179,9 @@ pub fn serve_agent(socket: &Path, kubeconfig: Option<&Path>) -> Result<(), Strin
     daemon_runtime()?.block_on(async {
         let client = daemon_client(kubeconfig).await?;
         eprintln!("spiderpool agent: serving {}", socket.display());
-        serve(socket, ClusterStore::new(client))
+        // The DaemonSet gives the agent its node's name (the downward API's spec.nodeName).
+        let node = std::env::var("NODE_NAME").unwrap_or_default();
+        serve(socket, ClusterStore::new(client).with_node(node))
             .await
             .map_err(|err| format!("serving {}: {err}", socket.display()))
     })

@@ -55,6 +55,42 @@ impl Drop for Agent {
     }
 }
 
+/// `spiderpool controller`, killed when dropped: it keeps the pools' ALLOCATED-IP-COUNT.
+struct Controller(Child);
+
+impl Controller {
+    fn start(kubeconfig: &Path) -> Controller {
+        let child = Command::new(plugin())
+            .args(["controller", "--count-interval-ms", "200", "--kubeconfig"])
+            .arg(kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the controller starts");
+        Controller(child)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What `read` returns once it returns `expected`, or its last answer after 2 s (the bound
+/// on how long ALLOCATED-IP-COUNT may lag the last allocation).
+fn within_two_seconds(expected: &str, read: impl Fn() -> String) -> String {
+    let started = Instant::now();
+    loop {
+        let got = read();
+        if got == expected || started.elapsed() > Duration::from_secs(2) {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A network configuration of the cluster mode: `ipam` is the `spiderpool` section given.
 fn network(ipam: Value) -> Value {
     json!({"cniVersion": "1.0.0", "name": "macvlan-conf", "type": "macvlan", "master": "eth0", "ipam": ipam})
@@ -91,6 +127,7 @@ fn the_seed_through_the_plugin_and_its_node_agent() {
     apply_seed(&config);
     let dir = TempDir::new("cluster-agent");
     let agent = Agent::start(&dir, &config);
+    let _controller = Controller::start(&config);
     let socket = agent.socket.to_str().expect("a UTF-8 path");
     let net = network(json!({"type": "spiderpool", "agent_socket": socket}));
 
@@ -123,14 +160,14 @@ fn the_seed_through_the_plugin_and_its_node_agent() {
             .expect_silent("CHECK");
         results.push((pod, uid));
     }
-    assert_eq!(
+    let table = within_two_seconds(SEED_TABLE, || {
         kubectl(
             &config,
             &["get", "spiderippool", "test-ippool-6", "test-ippool-7"],
-            ""
-        ),
-        SEED_TABLE
-    );
+            "",
+        )
+    });
+    assert_eq!(table, SEED_TABLE);
     status(json!({"type": "spiderpool", "agent_socket": socket})).expect_silent("STATUS");
 
     for (pod, uid) in &results {
@@ -140,7 +177,9 @@ fn the_seed_through_the_plugin_and_its_node_agent() {
         del.run().expect_silent("DEL");
         del.run().expect_silent("DEL again");
     }
-    let counts = allocated_counts(&config, &["test-ippool-6", "test-ippool-7"]);
+    let counts = within_two_seconds("0\n0\n", || {
+        allocated_counts(&config, &["test-ippool-6", "test-ippool-7"])
+    });
     assert_eq!(counts, "0\n0\n");
 }
 
@@ -166,6 +205,7 @@ fn the_plugin_talks_to_the_api_directly_with_a_kubeconfig() {
         )
     );
     kubectl(&config, &["apply", "-f", "-"], &objects);
+    let _controller = Controller::start(&config);
     let uid = uid(&config, &namespace, "web");
     let net = network(json!({"type": "spiderpool", "kubeconfig": config.to_str().expect("a UTF-8 path")}));
     let result = Call::add("c-web", "eth0")
@@ -174,7 +214,7 @@ fn the_plugin_talks_to_the_api_directly_with_a_kubeconfig() {
         .run()
         .expect_json("ADD");
     assert_eq!(result["ips"][0]["address"], "10.90.0.10/16");
-    let held = allocated_counts(&config, &[&pool]);
+    let held = within_two_seconds("1\n", || allocated_counts(&config, &[&pool]));
     assert_eq!(held, "1\n");
     let endpoint = kubectl(
         &config,
@@ -195,7 +235,7 @@ fn the_plugin_talks_to_the_api_directly_with_a_kubeconfig() {
         .config(&net)
         .run()
         .expect_silent("DEL");
-    let held = allocated_counts(&config, &[&pool]);
+    let held = within_two_seconds("0\n", || allocated_counts(&config, &[&pool]));
     assert_eq!(held, "0\n");
     kubectl(&config, &["delete", "spiderippool", &pool], "");
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::annotations::{POD_IPPOOLS, parse_pod_ippools};
+use crate::block::BlockView;
 use crate::candidates::{
     self, CandidateSource, InterfaceSelection, PoolCandidate, Rejection, Selection, SelectionError, Trial,
     Verdict,
@@ -202,6 +203,26 @@ pub fn allocate<S: AllocationState + ?Sized>(
         state,
         request,
         explain: false,
+        blocks: None,
+    }
+    .run()
+    .1
+}
+
+/// [`allocate`] in a cluster: pools that `blocks` manages hand out addresses from the blocks
+/// of the request's node first ([`crate::block`]).
+pub(crate) fn allocate_in_blocks<S: AllocationState + ?Sized>(
+    catalog: &PoolCatalog,
+    state: &S,
+    request: &Request,
+    blocks: &BlockView,
+) -> Result<Plan, AllocateError<S::Error>> {
+    Engine {
+        catalog,
+        state,
+        request,
+        explain: false,
+        blocks: Some(blocks),
     }
     .run()
     .1
@@ -219,6 +240,7 @@ pub fn explain<S: AllocationState + ?Sized>(
         state,
         request,
         explain: true,
+        blocks: None,
     }
     .run();
     Explanation { trials, outcome }
@@ -389,6 +411,8 @@ struct Engine<'a, S: ?Sized> {
     state: &'a S,
     request: &'a Request,
     explain: bool,
+    /// In a cluster: the blocks that pools managed in blocks allocate from.
+    blocks: Option<&'a BlockView>,
 }
 
 impl<S: AllocationState + ?Sized> Engine<'_, S> {
@@ -545,9 +569,12 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
         for (name, pattern) in candidates::expand(self.catalog, names, version) {
             let verdict = match candidates::evaluate(self.catalog, self.request, interface, version, name)? {
                 Err(rejection) => Verdict::Rejected(rejection),
-                Ok(pool) => match next_free_besides(self.state, pool, pending).map_err(unreadable)? {
+                Ok(pool) => match self.next_free(pool, pending).map_err(unreadable)? {
                     None => Verdict::Rejected(Rejection::Full {
-                        allocated: self.state.allocated_count(pool.name()).map_err(unreadable)?,
+                        allocated: match self.blocks.and_then(|view| view.allocated(pool.name())) {
+                            Some(allocated) => allocated,
+                            None => self.state.allocated_count(pool.name()).map_err(unreadable)?,
+                        },
                         allocatable: pool.allocatable().len(),
                     }),
                     Some(address) if !chosen => {
@@ -567,6 +594,17 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
             }
         }
         Ok(trial)
+    }
+
+    /// The address an allocation from `pool` gets: from the node's blocks in a cluster,
+    /// otherwise after the pool's cursor.
+    fn next_free(&self, pool: &Pool, pending: &[Change]) -> Result<Option<IpAddr>, S::Error> {
+        match self.blocks {
+            Some(view) if view.manages(pool.name()) => {
+                view.next_free(self.state, pool, &self.request.node.name, pending)
+            }
+            _ => next_free_besides(self.state, pool, pending),
+        }
     }
 
     /// The plan for a request whose owner already holds addresses for the interface.
@@ -689,18 +727,30 @@ pub(crate) fn next_free_besides<S: AllocationState + ?Sized>(
     pool: &Pool,
     pending: &[Change],
 ) -> Result<Option<IpAddr>, S::Error> {
-    let set = pool.allocatable();
     let version = pool.version();
-    let Some(first) = set.first() else {
-        return Ok(None);
-    };
-    let first = address_value(first);
-    let after_cursor = state
+    let cursor = state
         .cursor(pool.name())?
         .filter(|cursor| IpVersion::of(*cursor) == version)
-        .and_then(|cursor| address_value(cursor).checked_add(1))
-        .filter(|&start| start <= version.max_value())
-        .unwrap_or(first);
+        .map(address_value);
+    next_free_within(state, pool, pending, (0, version.max_value()), cursor)
+}
+
+/// The first allocatable address of `pool` within `bounds` (inclusive values) after `cursor`,
+/// wrapping around within the bounds, that nobody holds and `pending` does not allocate: the
+/// search of the whole pool, and of one of its blocks.
+pub(crate) fn next_free_within<S: AllocationState + ?Sized>(
+    state: &S,
+    pool: &Pool,
+    pending: &[Change],
+    (low, high): (u128, u128),
+    cursor: Option<u128>,
+) -> Result<Option<IpAddr>, S::Error> {
+    let set = pool.allocatable();
+    let version = pool.version();
+    let start = cursor
+        .and_then(|cursor| cursor.checked_add(1))
+        .filter(|start| (low..=high).contains(start))
+        .unwrap_or(low);
     let search = |mut from: u128, limit: u128| -> Result<Option<u128>, S::Error> {
         loop {
             let Some(candidate) = set.first_at_or_after(from).filter(|&c| c <= limit) else {
@@ -730,12 +780,10 @@ pub(crate) fn next_free_besides<S: AllocationState + ?Sized>(
             from = next;
         }
     };
-    let found = match search(after_cursor, version.max_value())? {
+    let found = match search(start, high)? {
         Some(value) => Some(value),
-        None => match after_cursor.checked_sub(1) {
-            Some(limit) => search(first, limit)?,
-            None => None,
-        },
+        None if start > low => search(low, start - 1)?,
+        None => None,
     };
     Ok(found.map(|value| version.address(value)))
 }

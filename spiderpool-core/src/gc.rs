@@ -37,6 +37,9 @@ pub struct GcPolicy {
     /// How long an address may stay held without an endpoint committing it: longer than any
     /// allocation takes between its pool write and its endpoint write.
     pub uncommitted_grace: Seconds,
+    /// How long a block stays claimed by its node while it holds no address: a node whose
+    /// pods come and go keeps its blocks, and a node that stopped using one gives it back.
+    pub empty_block_grace: Seconds,
 }
 
 impl Default for GcPolicy {
@@ -44,6 +47,7 @@ impl Default for GcPolicy {
         GcPolicy {
             finished_grace: 60,
             uncommitted_grace: 120,
+            empty_block_grace: 300,
         }
     }
 }
@@ -117,6 +121,11 @@ pub struct Sweep {
     pub suspects: BTreeMap<(String, IpAddr), Seconds>,
     /// Endpoints whose pod is gone and that commit nothing still held: to delete.
     pub orphaned_endpoints: Vec<PodRef>,
+    /// Blocks seen empty and not yet past their grace period, with when they were first seen
+    /// so: the next sweep's `empty_blocks` (filled by the cluster round).
+    pub empty_blocks: BTreeMap<String, Seconds>,
+    /// Blocks given back: empty past their grace period, or of a pool or node that is gone.
+    pub released_blocks: Vec<String>,
 }
 
 /// Decides what to release among `held`, at `now`. `suspects` is the previous sweep's.

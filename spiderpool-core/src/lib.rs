@@ -65,6 +65,7 @@
 pub mod admission;
 mod allocate;
 pub mod annotations;
+mod block;
 mod candidates;
 mod catalog;
 mod endpoint;
@@ -87,6 +88,7 @@ pub use allocate::{
     release_attachment,
 };
 pub use annotations::{AnnotationError, InterfaceIppools, PodIppool, parse_pod_ippools, parse_pool_list};
+pub use block::{Block, BlockSpec, BlockStateError, IndexedBlock, block_name, block_of, block_range};
 pub use candidates::{CandidateSource, PoolCandidate, Rejection, SelectionError, Trial, Verdict};
 pub use catalog::{CatalogEntry, PoolCatalog};
 pub use endpoint::{EndpointInterface, EndpointSpec, STATEFULSET, statefulset_keeps};
@@ -96,7 +98,10 @@ pub use model::{
     ObjectMeta, ReservedIPSpec, Resource, Route, SpiderIPPool, SpiderReservedIP, parse_documents,
     parse_resource,
 };
-pub use pool::{InvalidObject, Placement, Pool, PoolRoute, Problem, ReservedIps, Violation, validate_update};
+pub use pool::{
+    InvalidObject, Placement, Pool, PoolRoute, Problem, ReservedIps, Violation, block_prefixes,
+    default_block_prefix, validate_update,
+};
 pub use range::{FamilyMismatch, IpRange, IpSet, IpVersion, RangeError, address_value};
 pub use request::{
     Attachment, Controller, IpFamilies, NamespaceFacts, NetworkFacts, NodeFacts, PodContext, PodFacts,

@@ -129,6 +129,11 @@ pub struct IPPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub disable: Option<bool>,
+    /// The prefix length of the blocks a node claims in a cluster (as Calico's IPPool
+    /// `blockSize`): 22 to 32 for IPv4, 118 to 128 for IPv6; 26 and 122 (64 addresses) when
+    /// absent. Not in Spiderpool's spec; fixed once the pool exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<i64>,
 }
 
 /// In a CustomResourceDefinition `subnet` is required, without a default: the field is
@@ -315,7 +320,7 @@ pub struct DocumentErrors(pub Vec<DocumentError>);
 ///     "document 2 (SpiderIPPool b): spec.ipz: unknown field `ipz`, expected one of `ipVersion`, \
 ///      `subnet`, `ips`, `excludeIPs`, `gateway`, `vlan`, `routes`, `podAffinity`, \
 ///      `namespaceAffinity`, `namespaceName`, `nodeAffinity`, `nodeName`, `multusName`, \
-///      `default`, `disable`"
+///      `default`, `disable`, `blockSize`"
 /// );
 /// ```
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, DocumentErrors> {

@@ -117,6 +117,26 @@ pub struct Pool {
     default: bool,
     disabled: bool,
     terminating: bool,
+    /// The prefix length of its blocks in a cluster.
+    block_prefix: u8,
+}
+
+/// The block prefix lengths a pool of `version` may have: at most 1,024 addresses per block,
+/// so that a full block's object stays well under 256 KiB.
+pub fn block_prefixes(version: IpVersion) -> std::ops::RangeInclusive<u8> {
+    match version {
+        IpVersion::V4 => 22..=32,
+        IpVersion::V6 => 118..=128,
+    }
+}
+
+/// The block prefix length of a pool that does not set `spec.blockSize`: 64 addresses per
+/// block (measured in `docs/decisions/0011-address-blocks.md`).
+pub fn default_block_prefix(version: IpVersion) -> u8 {
+    match version {
+        IpVersion::V4 => 26,
+        IpVersion::V6 => 122,
+    }
 }
 
 impl Pool {
@@ -310,7 +330,22 @@ impl Pool {
             report("spec.podAffinity", Problem::EmptyPodAffinity);
         }
 
-        let (version, subnet) = (version?, subnet?);
+        let block_prefix = match (version, spec.block_size) {
+            (Some(version), Some(found)) => match u8::try_from(found)
+                .ok()
+                .filter(|prefix| block_prefixes(version).contains(prefix))
+            {
+                Some(prefix) => Some(prefix),
+                None => {
+                    report("spec.blockSize", Problem::BadBlockSize { found, version });
+                    None
+                }
+            },
+            (Some(version), None) => Some(default_block_prefix(version)),
+            (None, _) => None,
+        };
+
+        let (version, subnet, block_prefix) = (version?, subnet?, block_prefix?);
         let set = |ranges: Vec<IpRange>| IpSet::from_ranges(version, ranges).ok();
         let addresses = set(ips)?.difference(&set(excluded)?);
         Some(Pool {
@@ -328,7 +363,14 @@ impl Pool {
             default: spec.default.unwrap_or(false),
             disabled: spec.disable.unwrap_or(false),
             terminating: object.metadata.deletion_timestamp.is_some(),
+            block_prefix,
         })
+    }
+
+    /// The prefix length of the blocks its addresses are divided into in a cluster
+    /// (`spec.blockSize`, or 26 for IPv4 and 122 for IPv6).
+    pub fn block_prefix(&self) -> u8 {
+        self.block_prefix
     }
 
     /// Removes reserved addresses from what the pool may hand out.
@@ -465,6 +507,25 @@ pub fn validate_update(
         });
     }
     let pool = Pool::check(new, &mut violations);
+    // Blocks already claimed are cut at the old size.
+    let block_size = |spec: &crate::model::IPPoolSpec| {
+        let version = spec.subnet.parse::<Subnet>().ok()?.version();
+        Some(
+            spec.block_size
+                .unwrap_or(i64::from(default_block_prefix(version))),
+        )
+    };
+    if let (Some(before), Some(after)) = (block_size(&old.spec), block_size(&new.spec))
+        && before != after
+    {
+        violations.push(Violation {
+            field: "spec.blockSize".into(),
+            problem: Problem::Immutable {
+                old: before.to_string(),
+                new: after.to_string(),
+            },
+        });
+    }
     if let Some(pool) = &pool {
         for (address, holder) in in_use {
             if !pool.addresses.contains(*address) {
@@ -713,6 +774,21 @@ pub enum Problem {
         gateway: IpAddr,
         /// The range holding it.
         range: IpRange,
+    },
+    /// `spec.blockSize` is not a block prefix length of the pool's family.
+    #[error(
+        "{found} is not a block size for IPv{}: write a prefix length from {} to {} ({} to 1 addresses per block), or leave it out for {}",
+        .version.number(),
+        block_prefixes(*.version).start(),
+        block_prefixes(*.version).end(),
+        1u32 << (u32::from(*block_prefixes(*.version).end()) - u32::from(*block_prefixes(*.version).start())),
+        default_block_prefix(*.version)
+    )]
+    BadBlockSize {
+        /// The number written.
+        found: i64,
+        /// The pool's family.
+        version: IpVersion,
     },
     /// `spec.vlan` out of range.
     #[error("{found} is not a VLAN ID: use 0 to 4094")]

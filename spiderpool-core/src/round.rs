@@ -36,15 +36,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::allocate::{AllocateError, Plan, allocate, release_attachment};
+use crate::allocate::{AllocateError, Plan, allocate_in_blocks, release_attachment};
+use crate::block::{
+    Block, BlockEntry, BlockNeeds, BlockSpec, BlockView, IndexedBlock, PoolBlocks, block_name, block_range,
+    block_spec,
+};
 use crate::catalog::PoolCatalog;
 use crate::endpoint::{EndpointInterface, EndpointSpec, STATEFULSET, statefulset_keeps};
 use crate::gc::{self, ClusterView, GcPolicy, Sweep};
 use crate::memory::InMemoryState;
 use crate::model::{IPPoolStatus, SpiderIPPool, SpiderReservedIP};
+use crate::range::{IpVersion, address_value};
 use crate::request::{NamespaceFacts, NodeFacts, PodContext, PodRecord, RuntimeFacts, Seconds};
 use crate::selector::Labels;
-use crate::state::{AllocationState, Change, HeldAddress, OwnerKey, PodRef};
+use crate::state::{AllocationState, Change, HeldAddress, Holder, OwnerKey, PodRef};
 use crate::status::{StatusStateError, held_status, pool_status, state_from_statuses};
 
 /// An object as read, with the `resourceVersion` a compare-and-swap write of it presents.
@@ -70,6 +75,8 @@ pub enum Call {
         pod: PodRef,
         /// Its UID.
         uid: String,
+        /// The blocks the batch wrote (or may have): where what it left is.
+        blocks: BTreeSet<String>,
     },
     /// A sweep of the garbage collector at `now` ([`crate::gc::sweep`]); `suspects` is what
     /// the previous sweep saw uncommitted.
@@ -80,6 +87,8 @@ pub enum Call {
         policy: GcPolicy,
         /// The previous sweep's suspects.
         suspects: BTreeMap<(String, IpAddr), Seconds>,
+        /// The blocks the previous sweep saw empty, since when.
+        empty_blocks: BTreeMap<String, Seconds>,
     },
 }
 
@@ -92,6 +101,7 @@ pub struct Pools {
     /// Who holds which address.
     pub state: InMemoryState,
     statuses: BTreeMap<String, Versioned<IPPoolStatus>>,
+    uids: BTreeMap<String, String>,
 }
 
 impl Pools {
@@ -119,11 +129,46 @@ impl Pools {
                 (pool.metadata.name.clone(), read)
             })
             .collect();
+        let uids = pools
+            .iter()
+            .filter_map(|pool| Some((pool.metadata.name.clone(), pool.metadata.uid.clone()?)))
+            .collect();
         Ok(Pools {
             catalog: PoolCatalog::new(pools, reserved),
             state,
             statuses,
+            uids,
         })
+    }
+
+    /// Whether `pool` keeps its records in `status.allocatedIPs`, as this project wrote them
+    /// before blocks: it is served so, writing its status, until its last record is released
+    /// or the collector moves them into blocks. Every other pool allocates from blocks.
+    pub fn keeps_records_in_status(&self, pool: &str) -> bool {
+        self.statuses
+            .get(pool)
+            .is_some_and(|read| read.object.allocated_ips.is_some())
+    }
+
+    /// Whether `block` was written for an earlier pool of its name (one deleted and created
+    /// again): its records and cursor are void, and the block is reclaimed as if unclaimed.
+    pub fn is_stale(&self, pool: &str, pool_uid: &str) -> bool {
+        self.uids.get(pool).is_some_and(|uid| uid != pool_uid)
+    }
+
+    /// The UID of `pool`, when read.
+    fn uid(&self, pool: &str) -> &str {
+        self.uids.get(pool).map_or("", String::as_str)
+    }
+
+    /// Adds the records of `blocks` to the state (those of pools that keep their records in
+    /// their status are not theirs): the whole allocation state, for listings and checks.
+    pub fn add_blocks<'a>(&mut self, blocks: impl IntoIterator<Item = &'a Block>) {
+        for block in blocks {
+            if !self.keeps_records_in_status(&block.pool) && !self.is_stale(&block.pool, &block.pool_uid) {
+                add_block_records(&mut self.state, block);
+            }
+        }
     }
 
     /// Every address held, with its holder, in pool then address order.
@@ -175,8 +220,14 @@ pub struct Snapshot {
     pub endpoints: BTreeMap<PodRef, Option<Versioned<EndpointSpec>>>,
     /// The replica count of StatefulSets, by namespace and name.
     pub statefulsets: BTreeMap<PodRef, Option<u32>>,
-    /// Whether every pod, node, endpoint and StatefulSet of the cluster was listed, so that a
-    /// missing one does not exist (what the garbage collector reads).
+    /// Blocks by name, when read. [`decide`] takes them.
+    pub blocks: BTreeMap<String, Option<Block>>,
+    /// Nodes whose every block is in `blocks`.
+    pub node_blocks: BTreeSet<String>,
+    /// Pools whose every block was listed, without records. [`decide`] takes them.
+    pub block_index: BTreeMap<String, Vec<IndexedBlock>>,
+    /// Whether every pod, node, endpoint, StatefulSet and block of the cluster was listed, so
+    /// that a missing one does not exist (what the garbage collector reads).
     pub everything: bool,
 }
 
@@ -191,7 +242,25 @@ impl Snapshot {
         self.nodes.extend(read.nodes);
         self.endpoints.extend(read.endpoints);
         self.statefulsets.extend(read.statefulsets);
+        self.blocks.extend(read.blocks);
+        self.node_blocks.extend(read.node_blocks);
+        self.block_index.extend(read.block_index);
         self.everything |= read.everything;
+    }
+
+    /// The blocks holding what `endpoint` lists, in pools allocating from blocks, that were
+    /// not read.
+    fn unread_listed_blocks(&self, endpoint: &EndpointSpec) -> Vec<String> {
+        let Some(pools) = &self.pools else {
+            return Vec::new();
+        };
+        endpoint
+            .committed()
+            .into_iter()
+            .filter(|(pool, _)| !pools.keeps_records_in_status(pool))
+            .filter_map(|(pool, address)| Some(crate::block::block_of(pools.catalog.pool(&pool)?, address)))
+            .filter(|name| !self.blocks.contains_key(name))
+            .collect()
     }
 
     /// The garbage collector's view of what was read.
@@ -222,6 +291,52 @@ impl Snapshot {
     }
 }
 
+/// The status writes that bring the `allocatedIPCount` and `totalIPCount` of every pool that
+/// allocates from blocks to what `index` (each pool's blocks, as listed) says it holds: what
+/// the controller writes about once a second, so that `kubectl get spiderippool` shows the
+/// count while allocations write blocks only. A pool whose counts are right is not written.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use spiderpool_core::*;
+/// use spiderpool_core::round::{Pools, count_writes};
+/// let docs = parse_documents("{apiVersion: spiderpool.spidernet.io/v2beta1, kind: SpiderIPPool,
+///   metadata: {name: p, resourceVersion: '7'}, spec: {subnet: 10.6.0.0/16, ips: [10.6.168.60-10.6.168.69]}}").unwrap();
+/// let Resource::IpPool(pool) = &docs[0].resource else { unreachable!() };
+/// let pools = Pools::read(vec![(**pool).clone()], Vec::new()).unwrap();
+/// let block = IndexedBlock { name: "p-10-6-168-0-26".into(), start: "10.6.168.0".parse().unwrap(),
+///     node: "n1".into(), allocated: 3, pool_uid: String::new() };
+/// let writes = count_writes(&pools, &BTreeMap::from([("p".to_string(), vec![block])]));
+/// assert_eq!((writes[0].status.allocated_ip_count, writes[0].status.total_ip_count), (Some(3), Some(10)));
+/// ```
+pub fn count_writes(pools: &Pools, index: &BTreeMap<String, Vec<IndexedBlock>>) -> Vec<PoolWrite> {
+    pools
+        .statuses
+        .iter()
+        .filter(|(pool, _)| !pools.keeps_records_in_status(pool))
+        .filter_map(|(pool, read)| {
+            let allocated: u64 = (index.get(pool).into_iter().flatten())
+                .filter(|block| !pools.is_stale(pool, &block.pool_uid))
+                .map(|block| block.allocated)
+                .sum();
+            let total = match pools.catalog.pool(pool) {
+                Some(valid) => Some(i64::try_from(valid.total_count()).unwrap_or(i64::MAX)),
+                None => read.object.total_ip_count,
+            };
+            let status = IPPoolStatus {
+                allocated_ip_count: Some(i64::try_from(allocated).unwrap_or(i64::MAX)),
+                total_ip_count: total,
+                ..read.object.clone()
+            };
+            (status != read.object).then(|| PoolWrite {
+                pool: pool.clone(),
+                version: read.version.clone(),
+                status,
+            })
+        })
+        .collect()
+}
+
 /// What a round still has to read before it can decide.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reads {
@@ -239,6 +354,12 @@ pub struct Reads {
     pub endpoints: BTreeSet<PodRef>,
     /// These StatefulSets.
     pub statefulsets: BTreeSet<PodRef>,
+    /// Every block affine to these nodes, with its records.
+    pub node_blocks: BTreeSet<String>,
+    /// Every block of these pools, without records: name, node and allocated count.
+    pub block_index: BTreeSet<String>,
+    /// These blocks, with their records.
+    pub blocks: BTreeSet<String>,
 }
 
 impl Reads {
@@ -269,6 +390,11 @@ pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
                 if !snapshot.namespaces.contains_key(&pod.namespace) {
                     wanted.namespaces.insert(pod.namespace.clone());
                 }
+                // The endpoint names the blocks of what the pod holds, wherever they are.
+                endpoint(&pod, &mut wanted);
+                if let Some(Some(read)) = snapshot.endpoints.get(&pod) {
+                    wanted.blocks.extend(snapshot.unread_listed_blocks(&read.object));
+                }
                 let Some(read) = snapshot.pods.get(&pod) else {
                     wanted.pods.insert(pod);
                     continue;
@@ -278,20 +404,26 @@ pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
                 if !node.is_empty() && !snapshot.nodes.contains_key(node) {
                     wanted.nodes.insert(node.to_owned());
                 }
-                let statefulset = is_statefulset(record);
-                let holds = snapshot.pools.as_ref().map(|pools| {
-                    let Ok(held) = pools.state.held_by(&OwnerKey::Pod(record.uid.clone()));
-                    !held.is_empty()
-                });
-                if statefulset || holds == Some(true) {
-                    endpoint(&pod, &mut wanted);
+                let blocks_read =
+                    node.is_empty() || snapshot.everything || snapshot.node_blocks.contains(node);
+                if !blocks_read {
+                    wanted.node_blocks.insert(node.to_owned());
                 }
             }
             Call::Del(facts) => {
+                let node = facts.node.as_deref().filter(|node| !node.is_empty());
+                if let Some(node) = node.filter(|node| !snapshot.node_blocks.contains(*node)) {
+                    wanted.node_blocks.insert(node.to_owned());
+                }
                 let Some(pod) = facts.pod_ref() else { continue };
                 match snapshot.endpoints.get(&pod) {
                     None => endpoint(&pod, &mut wanted),
                     Some(Some(read)) => {
+                        let listed = &read.object.node;
+                        if node.is_none() && !listed.is_empty() && !snapshot.node_blocks.contains(listed) {
+                            wanted.node_blocks.insert(read.object.node.clone());
+                        }
+                        wanted.blocks.extend(snapshot.unread_listed_blocks(&read.object));
                         if let Some(set) = read.object.statefulset() {
                             let set = PodRef {
                                 namespace: pod.namespace.clone(),
@@ -305,7 +437,18 @@ pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
                     Some(None) => {}
                 }
             }
-            Call::Abandon { pod, .. } => endpoint(pod, &mut wanted),
+            Call::Abandon { pod, blocks, .. } => {
+                endpoint(pod, &mut wanted);
+                if let Some(Some(read)) = snapshot.endpoints.get(pod) {
+                    wanted.blocks.extend(snapshot.unread_listed_blocks(&read.object));
+                }
+                wanted.blocks.extend(
+                    blocks
+                        .iter()
+                        .filter(|name| !snapshot.blocks.contains_key(*name))
+                        .cloned(),
+                );
+            }
             // The pods after the pools: a record read belongs to a pod that existed before,
             // which the pods read after show unless it went (a pod created between a list of
             // the pods and a list of the pools would look gone).
@@ -341,6 +484,47 @@ pub struct PoolWrite {
     pub version: String,
     /// The status to write.
     pub status: IPPoolStatus,
+}
+
+/// A write of a block's object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockWrite {
+    /// The object's name.
+    pub name: String,
+    /// The pool it belongs to.
+    pub pool: String,
+    /// What to write.
+    pub change: BlockChange,
+}
+
+/// How a block's object changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockChange {
+    /// Create it: the node claims the block. A block found there is a conflict (another node
+    /// claimed it first).
+    Create(BlockSpec),
+    /// Replace the one read.
+    Replace {
+        /// The `resourceVersion` read.
+        version: String,
+        /// The new spec.
+        spec: BlockSpec,
+    },
+    /// Delete the one read: the block is given back.
+    Delete {
+        /// The `resourceVersion` read.
+        version: String,
+    },
+}
+
+impl BlockWrite {
+    /// The spec written, unless the block is deleted.
+    pub fn spec(&self) -> Option<&BlockSpec> {
+        match &self.change {
+            BlockChange::Create(spec) | BlockChange::Replace { spec, .. } => Some(spec),
+            BlockChange::Delete { .. } => None,
+        }
+    }
 }
 
 /// A write of a pod's endpoint.
@@ -451,10 +635,18 @@ pub struct Decided {
 /// What a round decided: the writes, in order, and each call's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// Pool status writes, in pool name order. Made one after another; at the first conflict
-    /// the rest are not made and the round is decided again on fresh reads (records written
-    /// by the first ones are then leftovers that the new round releases).
+    /// Block writes, in name order, then pool status writes, in pool name order. Made one
+    /// after another; at the first conflict the rest are not made and the round is decided
+    /// again on fresh reads (records written by the first ones are then leftovers that the
+    /// new round releases).
+    pub block_writes: Vec<BlockWrite>,
+    /// Pool status writes (of pools keeping their records in their status), after the blocks.
     pub pool_writes: Vec<PoolWrite>,
+    /// Endpoints of pods that borrow an address from another node's block, written (at once)
+    /// before any block: a later DEL or ADD of the pod finds the borrowed block through its
+    /// endpoint, whatever comes of the writes after. Their calls stand once the blocks are
+    /// written.
+    pub early_endpoint_writes: Vec<EndpointWrite>,
     /// Endpoint writes, one per pod, made (at once) after every pool write succeeded.
     pub endpoint_writes: Vec<EndpointWrite>,
     /// Each call's outcome, in the order of the calls.
@@ -470,39 +662,162 @@ struct Draft {
 /// The working state of a decision.
 struct Work<'a> {
     snapshot: &'a Snapshot,
+    pools: &'a Pools,
     catalog: &'a PoolCatalog,
     state: InMemoryState,
     changes: Vec<Change>,
     drafts: BTreeMap<PodRef, Draft>,
     endpoints: BTreeMap<PodRef, Option<Versioned<EndpointSpec>>>,
+    /// The blocks read, by name, of pools allocating from blocks.
+    blocks: BTreeMap<String, &'a Block>,
+    /// The family and block prefix of every pool allocating from blocks that the round knows.
+    shapes: BTreeMap<String, (IpVersion, u8)>,
+    view: BlockView,
+    /// Blocks the changes touch: pool and first value.
+    touched: BTreeSet<(String, u128)>,
+    /// Blocks the collector gives back.
+    given_back: BTreeSet<String>,
+    /// Pods that borrow from another node's block.
+    borrowers: BTreeSet<PodRef>,
 }
 
 /// Decides `calls`, in order, on what `snapshot` read: each call sees the state the calls
-/// before it leave. Takes the pools and endpoints (and a view of everything) out of the
-/// snapshot (its writes make them stale), so that the next [`reads`] asks for them again.
+/// before it leave. Takes the pools, blocks and endpoints (and a view of everything) out of
+/// the snapshot (its writes make them stale), so that the next [`reads`] asks for them again.
+///
+/// When a pool's blocks cannot answer on what was read (a node's blocks are full and the
+/// pool's other blocks were not listed, or another node's block must be read to borrow from
+/// it), the snapshot is left as it is and the reads it needs are returned.
 ///
 /// # Panics
 ///
 /// When the pools were not read: call it once [`reads`] is empty.
-pub fn decide(calls: &[Call], snapshot: &mut Snapshot) -> Decision {
-    let pools = snapshot.pools.take().expect("decide after the pools were read");
-    let endpoints = std::mem::take(&mut snapshot.endpoints);
+pub fn decide(calls: &[Call], snapshot: &mut Snapshot) -> Result<Decision, Box<Reads>> {
+    let decision = plan(calls, snapshot)?;
+    snapshot.pools = None;
+    snapshot.endpoints.clear();
+    snapshot.blocks.clear();
+    snapshot.node_blocks.clear();
+    snapshot.block_index.clear();
     // A view of everything is read again after the pools, with them.
-    let listed = std::mem::take(&mut snapshot.everything).then(|| Snapshot {
-        pods: std::mem::take(&mut snapshot.pods),
-        nodes: std::mem::take(&mut snapshot.nodes),
-        statefulsets: std::mem::take(&mut snapshot.statefulsets),
-        everything: true,
-        ..Snapshot::default()
-    });
-    let snapshot: &Snapshot = listed.as_ref().unwrap_or(snapshot);
+    if std::mem::take(&mut snapshot.everything) {
+        snapshot.pods.clear();
+        snapshot.nodes.clear();
+        snapshot.statefulsets.clear();
+    }
+    Ok(decision)
+}
+
+/// Adds a block's records to `state`, skipping any another block already holds (blocks of
+/// one pool cut at two sizes, which only an edit makes: their addresses stay held).
+fn add_block_records(state: &mut InMemoryState, block: &Block) {
+    if state.apply(&block.allocations).is_err() {
+        for allocation in &block.allocations {
+            let _ = state.apply(std::slice::from_ref(allocation));
+        }
+    }
+}
+
+/// What the round knows of the blocks of every pool that allocates from blocks.
+fn block_view(pools: &Pools, snapshot: &Snapshot, read: &BTreeMap<String, &Block>) -> BlockView {
+    let mut view = BlockView::default();
+    for pool in pools.catalog.pools() {
+        if pools.keeps_records_in_status(pool.name()) {
+            continue;
+        }
+        let index = snapshot.block_index.get(pool.name());
+        let mut known = PoolBlocks {
+            listed: snapshot.everything || index.is_some(),
+            blocks: BTreeMap::new(),
+        };
+        for indexed in index.into_iter().flatten() {
+            // Gone since it was listed: unclaimed, as far as this round knows.
+            if matches!(snapshot.blocks.get(&indexed.name), Some(None))
+                || IpVersion::of(indexed.start) != pool.version()
+            {
+                continue;
+            }
+            let stale = pools.is_stale(pool.name(), &indexed.pool_uid);
+            let entry = BlockEntry {
+                name: indexed.name.clone(),
+                node: indexed.node.clone(),
+                read: false,
+                cursor: None,
+                allocated: if stale { 0 } else { indexed.allocated },
+            };
+            known.blocks.insert(address_value(indexed.start), entry);
+        }
+        view.pools.insert(pool.name().to_owned(), known);
+    }
+    for block in read.values() {
+        let (Some(known), Some(pool)) = (view.pools.get_mut(&block.pool), pools.catalog.pool(&block.pool))
+        else {
+            continue;
+        };
+        // A block cut at another size holds its addresses; none is handed out from it.
+        if block.prefix != pool.block_prefix() || block.family != pool.version() {
+            continue;
+        }
+        let stale = pools.is_stale(&block.pool, &block.pool_uid);
+        let entry = BlockEntry {
+            name: block.name.clone(),
+            node: block.node.clone(),
+            read: true,
+            cursor: block.cursor.filter(|_| !stale),
+            allocated: if stale { 0 } else { block.allocations.len() as u64 },
+        };
+        known.blocks.insert(block.low, entry);
+    }
+    view
+}
+
+/// Every address `state` holds in `pools`, in pool then address order.
+fn held_in<'p>(state: &InMemoryState, pools: impl IntoIterator<Item = &'p str>) -> Vec<HeldAddress> {
+    pools
+        .into_iter()
+        .flat_map(|pool| {
+            let Ok(allocations) = state.allocations(pool);
+            allocations.into_iter().map(move |(address, holder)| HeldAddress {
+                pool: pool.to_owned(),
+                address,
+                holder,
+            })
+        })
+        .collect()
+}
+
+fn plan(calls: &[Call], snapshot: &Snapshot) -> Result<Decision, Box<Reads>> {
+    let pools = snapshot.pools.as_ref().expect("decide after the pools were read");
+    let mut state = pools.state.clone();
+    let mut blocks = BTreeMap::new();
+    let mut shapes = BTreeMap::new();
+    for block in snapshot.blocks.values().flatten() {
+        if !pools.keeps_records_in_status(&block.pool) {
+            if !pools.is_stale(&block.pool, &block.pool_uid) {
+                add_block_records(&mut state, block);
+            }
+            blocks.insert(block.name.clone(), block);
+            shapes.insert(block.pool.clone(), (block.family, block.prefix));
+        }
+    }
+    for pool in pools.catalog.pools() {
+        shapes.insert(pool.name().to_owned(), (pool.version(), pool.block_prefix()));
+    }
+    let view = block_view(pools, snapshot, &blocks);
     let mut work = Work {
         snapshot,
+        pools,
         catalog: &pools.catalog,
-        state: pools.state.clone(),
+        state,
         changes: Vec::new(),
         drafts: BTreeMap::new(),
-        endpoints,
+        endpoints: snapshot.endpoints.clone(),
+        blocks,
+        shapes,
+        view,
+        touched: BTreeSet::new(),
+        given_back: BTreeSet::new(),
+        borrowers: BTreeSet::new(),
     };
     let mut decided = Vec::with_capacity(calls.len());
     for call in calls {
@@ -510,19 +825,30 @@ pub fn decide(calls: &[Call], snapshot: &mut Snapshot) -> Decision {
         let (outcome, pod) = match call {
             Call::Add(facts) => (work.add(facts), facts.pod_ref()),
             Call::Del(facts) => (work.del(facts), facts.pod_ref()),
-            Call::Abandon { pod, uid } => (Ok(work.abandon(pod, uid)), Some(pod.clone())),
+            Call::Abandon { pod, uid, .. } => (Ok(work.abandon(pod, uid)), Some(pod.clone())),
             Call::Sweep {
                 now,
                 policy,
                 suspects,
-            } => (Ok(work.sweep(*now, *policy, suspects, &pools)), None),
+                empty_blocks,
+            } => (Ok(work.sweep(*now, *policy, suspects, empty_blocks)), None),
         };
         let sweep = matches!(call, Call::Sweep { .. });
         decided.push((outcome, pod, work.changes.len() > before, sweep));
     }
+    let needs: BlockNeeds = work.view.needs.take();
+    if needs != BlockNeeds::default() {
+        return Err(Box::new(Reads {
+            block_index: needs.index,
+            blocks: needs.blocks,
+            ..Reads::default()
+        }));
+    }
+    let block_writes = work.block_writes();
     let touched: BTreeSet<&str> = work.changes.iter().map(Change::pool).collect();
     let pool_writes: Vec<PoolWrite> = touched
         .into_iter()
+        .filter(|pool| pools.keeps_records_in_status(pool))
         .filter_map(|pool| {
             let read = pools.statuses.get(pool)?;
             let status = pools.status(pool, &work.state);
@@ -534,7 +860,9 @@ pub fn decide(calls: &[Call], snapshot: &mut Snapshot) -> Decision {
         })
         .collect();
     let mut endpoint_writes = Vec::new();
+    let mut early_endpoint_writes = Vec::new();
     let mut written: BTreeMap<PodRef, usize> = BTreeMap::new();
+    let borrowers = std::mem::take(&mut work.borrowers);
     for (pod, draft) in work.drafts {
         let change = match (draft.read, draft.current) {
             (None, Some(spec)) => EndpointChange::Create(spec),
@@ -547,9 +875,14 @@ pub fn decide(calls: &[Call], snapshot: &mut Snapshot) -> Decision {
             },
             _ => continue,
         };
+        if borrowers.contains(&pod) {
+            early_endpoint_writes.push(EndpointWrite { pod, change });
+            continue;
+        }
         written.insert(pod.clone(), endpoint_writes.len());
         endpoint_writes.push(EndpointWrite { pod, change });
     }
+    let stores = !(pool_writes.is_empty() && block_writes.is_empty() && early_endpoint_writes.is_empty());
     let outcomes = decided
         .into_iter()
         .map(|(outcome, pod, changed, sweep)| {
@@ -557,17 +890,19 @@ pub fn decide(calls: &[Call], snapshot: &mut Snapshot) -> Decision {
                 (Err(_), _) => Commit::Now,
                 (Ok(_), Some(&index)) => Commit::Endpoint(index),
                 (Ok(_), None) if sweep && !endpoint_writes.is_empty() => Commit::Endpoints,
-                (Ok(_), None) if changed && !pool_writes.is_empty() => Commit::Pools,
+                (Ok(_), None) if (changed || sweep) && stores => Commit::Pools,
                 (Ok(_), None) => Commit::Now,
             };
             Decided { outcome, commit }
         })
         .collect();
-    Decision {
+    Ok(Decision {
+        block_writes,
         pool_writes,
+        early_endpoint_writes,
         endpoint_writes,
         outcomes,
-    }
+    })
 }
 
 /// The records at the addresses `endpoint` lists that it speaks for: held by the pod of its
@@ -632,12 +967,117 @@ fn held_pairs(state: &InMemoryState, owner: &OwnerKey) -> BTreeSet<(String, IpAd
 }
 
 impl Work<'_> {
-    /// Records and applies changes the rules decided on this very state.
-    fn apply(&mut self, changes: Vec<Change>) {
+    /// Records and applies changes the rules decided on this very state, for a call served
+    /// on `node` (the node a block claimed by an allocation is affine to).
+    /// Returns whether an allocation borrows from another node's block.
+    fn apply(&mut self, changes: Vec<Change>, node: &str) -> bool {
         self.state
             .apply(&changes)
             .expect("changes decided on the working state apply to it");
+        let mut borrows = false;
+        for change in &changes {
+            let pool = change.pool();
+            if self.pools.keeps_records_in_status(pool) {
+                continue;
+            }
+            let Some(&(family, prefix)) = self.shapes.get(pool) else {
+                continue;
+            };
+            let value = address_value(change.address());
+            let (start, _) = block_range(family, value, prefix);
+            self.touched.insert((pool.to_owned(), start));
+            let Some(known) = self.view.pools.get_mut(pool) else {
+                continue;
+            };
+            let entry = known.blocks.entry(start).or_insert_with(|| BlockEntry {
+                name: block_name(pool, family.address(start), prefix),
+                node: node.to_owned(),
+                read: true,
+                cursor: None,
+                allocated: 0,
+            });
+            match change {
+                Change::Allocate { .. } => {
+                    entry.allocated += 1;
+                    entry.cursor = Some(value);
+                    borrows |= entry.node != node;
+                }
+                Change::Release { .. } => entry.allocated = entry.allocated.saturating_sub(1),
+                Change::Transfer { .. } => {}
+            }
+        }
         self.changes.extend(changes);
+        borrows
+    }
+
+    /// The writes of the blocks the changes touched and of those given back, in name order.
+    fn block_writes(&self) -> Vec<BlockWrite> {
+        let mut starts: BTreeMap<&str, BTreeSet<u128>> = BTreeMap::new();
+        for (pool, start) in &self.touched {
+            starts.entry(pool).or_default().insert(*start);
+        }
+        let mut writes = Vec::new();
+        for (pool, starts) in starts {
+            let (family, prefix) = self.shapes[pool];
+            let Ok(allocations) = self.state.allocations(pool);
+            let mut records: BTreeMap<u128, Vec<(IpAddr, Holder)>> = BTreeMap::new();
+            for (address, holder) in allocations {
+                let (start, _) = block_range(family, address_value(address), prefix);
+                if starts.contains(&start) {
+                    records.entry(start).or_default().push((address, holder));
+                }
+            }
+            for start in starts {
+                let name = block_name(pool, family.address(start), prefix);
+                let read = self.blocks.get(&name);
+                let entry = self
+                    .view
+                    .pools
+                    .get(pool)
+                    .and_then(|known| known.blocks.get(&start));
+                let (node, cursor) = match (entry, read) {
+                    (Some(entry), _) => (entry.node.as_str(), entry.cursor),
+                    (None, Some(read)) => (read.node.as_str(), read.cursor),
+                    (None, None) => ("", None),
+                };
+                let held = records.remove(&start).unwrap_or_default();
+                let spec = block_spec(
+                    (pool, self.pools.uid(pool)),
+                    family,
+                    (start, prefix),
+                    node,
+                    held.iter().map(|(address, holder)| (*address, holder)),
+                    cursor,
+                );
+                let change = match read {
+                    Some(read) if read.spec == spec => continue,
+                    Some(read) => BlockChange::Replace {
+                        version: read.version.clone(),
+                        spec,
+                    },
+                    None => BlockChange::Create(spec),
+                };
+                writes.push(BlockWrite {
+                    name,
+                    pool: pool.to_owned(),
+                    change,
+                });
+            }
+        }
+        for name in &self.given_back {
+            let block = self.blocks[name];
+            if !self.touched.contains(&(block.pool.clone(), block.low)) {
+                writes.push(BlockWrite {
+                    name: name.clone(),
+                    pool: block.pool.clone(),
+                    change: BlockChange::Delete {
+                        version: block.version.clone(),
+                    },
+                });
+            }
+        }
+        writes.sort_by(|a, b| a.name.cmp(&b.name));
+        writes
     }
 
     /// The endpoint of `pod` as the round leaves it so far.
@@ -707,17 +1147,19 @@ impl Work<'_> {
                         from: held.holder,
                     })
                     .collect();
-                self.apply(transfers);
+                let _ = self.apply(transfers, "");
                 Some(current)
             }
             _ => None,
         };
         let leftovers = uncommitted(&self.state, &pod, &record.uid, kept.as_ref());
-        self.apply(leftovers);
+        let _ = self.apply(leftovers, "");
         // A refused ADD keeps the releases and transfers above: the releases were garbage, and
         // transferred records stay uncommitted for the pod's next ADD or the collector.
-        let plan = allocate(self.catalog, &self.state, &request)?;
-        self.apply(plan.changes.clone());
+        let plan = allocate_in_blocks(self.catalog, &self.state, &request, &self.view)?;
+        if self.apply(plan.changes.clone(), &request.node.name) {
+            self.borrowers.insert(pod.clone());
+        }
         let entries = plan.interfaces.iter().map(EndpointInterface::of).collect();
         let mut endpoint = EndpointSpec::committing(
             kept.as_ref(),
@@ -755,7 +1197,7 @@ impl Work<'_> {
             }
         }
         let Ok(releases) = release_attachment(&self.state, &request);
-        self.apply(releases.clone());
+        let _ = self.apply(releases.clone(), "");
         if let Some(pod) = &pod {
             // The endpoint keeps what the pod still holds: what this DEL released goes, and
             // whatever an earlier DEL released without getting to write the endpoint.
@@ -782,7 +1224,16 @@ impl Work<'_> {
     fn abandon(&mut self, pod: &PodRef, uid: &str) -> Outcome {
         let endpoint = self.draft(pod).current.clone();
         let releases = uncommitted(&self.state, pod, uid, endpoint.as_ref());
-        self.apply(releases.clone());
+        let _ = self.apply(releases.clone(), "");
+        // An endpoint written before a borrow lists what the pod may not hold.
+        let held = held_pairs(&self.state, &OwnerKey::Pod(uid.to_owned()));
+        let draft = self.draft(pod);
+        if let Some(current) = draft.current.as_mut().filter(|current| current.uid == uid) {
+            current.retain_held(&held);
+            if current.ips.is_empty() {
+                draft.current = None;
+            }
+        }
         Outcome::Abandoned(releases)
     }
 
@@ -791,7 +1242,7 @@ impl Work<'_> {
         now: Seconds,
         policy: GcPolicy,
         suspects: &BTreeMap<(String, IpAddr), Seconds>,
-        pools: &Pools,
+        empty_blocks: &BTreeMap<String, Seconds>,
     ) -> Outcome {
         let mut view = self.snapshot.view();
         view.endpoints = self
@@ -799,10 +1250,34 @@ impl Work<'_> {
             .iter()
             .filter_map(|(pod, endpoint)| Some((pod.clone(), endpoint.as_ref()?.object.clone())))
             .collect();
-        let swept = gc::sweep(&pools.held(), &view, suspects, now, policy);
-        self.apply(swept.collected.iter().map(|c| c.change.clone()).collect());
+        let pools: BTreeSet<&str> = (self.pools.statuses.keys().map(String::as_str))
+            .chain(self.blocks.values().map(|block| block.pool.as_str()))
+            .collect();
+        let mut swept = gc::sweep(&held_in(&self.state, pools), &view, suspects, now, policy);
+        let _ = self.apply(swept.collected.iter().map(|c| c.change.clone()).collect(), "");
         for pod in &swept.orphaned_endpoints {
             self.draft(pod).current = None;
+        }
+        // Blocks left empty go back after their grace; at once when their pool or node is gone.
+        for block in self.blocks.values() {
+            let range = crate::range::IpRange::from_bounds(block.family, block.low, block.high);
+            let Ok(held) = self.state.held_count_in(&block.pool, range);
+            if held > 0 {
+                continue;
+            }
+            let since = empty_blocks.get(&block.name).copied().unwrap_or(now);
+            let gone = self.catalog.get(&block.pool).is_none()
+                || !view.nodes.contains(&block.node)
+                || self.pools.is_stale(&block.pool, &block.pool_uid);
+            if gone || now.saturating_sub(since) >= policy.empty_block_grace {
+                self.given_back.insert(block.name.clone());
+                swept.released_blocks.push(block.name.clone());
+                if let Some(known) = self.view.pools.get_mut(&block.pool) {
+                    known.blocks.remove(&block.low);
+                }
+            } else {
+                swept.empty_blocks.insert(block.name.clone(), since);
+            }
         }
         Outcome::Swept(swept)
     }
@@ -914,6 +1389,8 @@ pub enum Step<'a> {
     Read(Reads),
     /// Write this pool's status, then call [`Batch::pool_written`].
     WritePool(&'a PoolWrite),
+    /// Write this block, then call [`Batch::pool_written`].
+    WriteBlock(&'a BlockWrite),
     /// Make these endpoint writes (at once), then call [`Batch::endpoints_written`] with a
     /// result per write, in order.
     WriteEndpoints(&'a [EndpointWrite]),
@@ -925,6 +1402,7 @@ pub enum Step<'a> {
 
 enum Stage {
     Read,
+    Early { decision: Decision },
     Pools { decision: Decision, next: usize },
     Endpoints { decision: Decision },
     Wait(Duration),
@@ -969,6 +1447,8 @@ pub struct Batch<E> {
     /// what compensation looks at.
     wrote: BTreeSet<usize>,
     compensating: bool,
+    /// Blocks whose writes succeeded or may have: where a failed ADD may have left records.
+    written_blocks: BTreeSet<String>,
     /// Whether a compensation failed: what it would have released stays for the collector.
     uncompensated: bool,
     stage: Stage,
@@ -993,6 +1473,7 @@ impl<E: Clone> Batch<E> {
             conflicts: 0,
             wrote: BTreeSet::new(),
             compensating: false,
+            written_blocks: BTreeSet::new(),
             uncompensated: false,
             stage: Stage::Read,
         }
@@ -1018,8 +1499,12 @@ impl<E: Clone> Batch<E> {
         let step = match &self.stage {
             _ if step.is_some() => step.expect("checked"),
             Stage::Read => unreachable!("the next step leaves the read stage or reads"),
-            Stage::Pools { decision, next } => Step::WritePool(&decision.pool_writes[*next]),
+            Stage::Pools { decision, next } => match decision.block_writes.get(*next) {
+                Some(write) => Step::WriteBlock(write),
+                None => Step::WritePool(&decision.pool_writes[*next - decision.block_writes.len()]),
+            },
             Stage::Endpoints { decision } => Step::WriteEndpoints(&decision.endpoint_writes),
+            Stage::Early { decision } => Step::WriteEndpoints(&decision.early_endpoint_writes),
             Stage::Wait(ceiling) => Step::Wait(*ceiling),
             Stage::Done => Step::Done,
         };
@@ -1036,8 +1521,10 @@ impl<E: Clone> Batch<E> {
             if !wanted.is_empty() {
                 return Some(Step::Read(wanted));
             }
-            let decision = decide(&calls, &mut self.snapshot);
-            self.begin_writes(decision);
+            match decide(&calls, &mut self.snapshot) {
+                Ok(decision) => self.begin_writes(decision),
+                Err(more) => return Some(Step::Read(*more)),
+            }
         }
         None
     }
@@ -1054,11 +1541,16 @@ impl<E: Clone> Batch<E> {
         }
     }
 
-    /// How the last [`Step::WritePool`] went.
+    /// How the last [`Step::WritePool`] or [`Step::WriteBlock`] went.
     pub fn pool_written(&mut self, written: Written<E>) {
         let Stage::Pools { decision, next } = &mut self.stage else {
             return;
         };
+        if let Some(write) = decision.block_writes.get(*next)
+            && !matches!(written, Written::Conflict)
+        {
+            self.written_blocks.insert(write.name.clone());
+        }
         match written {
             Written::Done => {
                 for (&call, decided) in self.serving.iter().zip(&decision.outcomes) {
@@ -1067,7 +1559,7 @@ impl<E: Clone> Batch<E> {
                     }
                 }
                 *next += 1;
-                if *next == decision.pool_writes.len() {
+                if *next == decision.block_writes.len() + decision.pool_writes.len() {
                     let Stage::Pools { decision, .. } = std::mem::replace(&mut self.stage, Stage::Done)
                     else {
                         unreachable!()
@@ -1076,7 +1568,12 @@ impl<E: Clone> Batch<E> {
                 }
             }
             Written::Conflict => {
-                let pool = decision.pool_writes[*next].pool.clone();
+                let pool = match decision.block_writes.get(*next) {
+                    Some(write) => write.pool.clone(),
+                    None => decision.pool_writes[*next - decision.block_writes.len()]
+                        .pool
+                        .clone(),
+                };
                 let Stage::Pools { decision, .. } = std::mem::replace(&mut self.stage, Stage::Done) else {
                     unreachable!()
                 };
@@ -1103,8 +1600,13 @@ impl<E: Clone> Batch<E> {
 
     /// How the endpoint writes of the last [`Step::WriteEndpoints`] went, in order.
     pub fn endpoints_written(&mut self, results: Vec<Written<E>>) {
-        let Stage::Endpoints { decision } = std::mem::replace(&mut self.stage, Stage::Done) else {
-            return;
+        let decision = match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Endpoints { decision } => decision,
+            Stage::Early { decision } => return self.early_endpoints_written(decision, results),
+            other => {
+                self.stage = other;
+                return;
+            }
         };
         let mut again = Vec::new();
         let mut cause = None;
@@ -1145,6 +1647,27 @@ impl<E: Clone> Batch<E> {
         match cause {
             Some(cause) => self.retry(again, cause),
             None => self.finish(),
+        }
+    }
+
+    /// The endpoints written before a borrow: on, to the blocks, when all were written.
+    fn early_endpoints_written(&mut self, decision: Decision, results: Vec<Written<E>>) {
+        let conflict = (decision.early_endpoint_writes.iter().zip(&results))
+            .find(|(_, result)| matches!(result, Written::Conflict))
+            .map(|(write, _)| write.pod.clone());
+        let failed = results.iter().find_map(|result| match result {
+            Written::Failed(error) => Some(error.clone()),
+            _ => None,
+        });
+        self.conflicts += results.iter().filter(|r| matches!(r, Written::Conflict)).count() as u32;
+        let unsettled = self.unsettled(&decision, |_| true);
+        match (conflict, failed) {
+            (_, Some(error)) => {
+                self.fail(&unsettled, error);
+                self.finish();
+            }
+            (Some(pod), None) => self.retry(unsettled, Cause::Endpoint(pod)),
+            (None, None) => self.write_stores(decision),
         }
     }
 
@@ -1224,7 +1747,16 @@ impl<E: Clone> Batch<E> {
                 .collect(),
             ..decision
         };
-        if decision.pool_writes.is_empty() {
+        if decision.early_endpoint_writes.is_empty() {
+            self.write_stores(decision);
+        } else {
+            self.stage = Stage::Early { decision };
+        }
+    }
+
+    /// On to the block and pool writes.
+    fn write_stores(&mut self, decision: Decision) {
+        if decision.pool_writes.is_empty() && decision.block_writes.is_empty() {
             self.pools_written(decision);
         } else {
             self.stage = Stage::Pools { decision, next: 0 };
@@ -1306,7 +1838,11 @@ impl<E: Clone> Batch<E> {
             };
             let uid = record.uid.clone();
             self.serving.push(self.calls.len());
-            self.calls.push(Call::Abandon { pod, uid });
+            self.calls.push(Call::Abandon {
+                pod,
+                uid,
+                blocks: self.written_blocks.clone(),
+            });
         }
         // A short budget of its own: if the API server is gone, the collector releases them.
         self.budget = RetryBudget {

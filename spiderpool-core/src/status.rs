@@ -66,6 +66,7 @@ pub fn usage<S: AllocationState + ?Sized>(pool: &Pool, state: &S) -> Result<Pool
 /// `pod` and `podUid` are Spiderpool's keys; `interface` (as older Spiderpool versions wrote)
 /// and `containerID` are added, and readers that do not know them ignore them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AllocationRecord {
     /// `namespace/name` of the pod; empty for containers without pod identity.
@@ -101,18 +102,7 @@ pub fn held_status<S: AllocationState + ?Sized>(
     let records: BTreeMap<String, AllocationRecord> = state
         .allocations(pool)?
         .into_iter()
-        .map(|(address, holder)| {
-            let record = AllocationRecord {
-                pod: holder.pod().map(|pod| pod.to_string()).unwrap_or_default(),
-                pod_uid: match holder.owner() {
-                    crate::state::OwnerKey::Pod(uid) => uid,
-                    crate::state::OwnerKey::Container(_) => String::new(),
-                },
-                interface: holder.interface(),
-                container_id: holder.container_id(),
-            };
-            (address.to_string(), record)
-        })
+        .map(|(address, holder)| (address.to_string(), allocation_record(&holder)))
         .collect();
     Ok(IPPoolStatus {
         allocated_ip_count: Some(i64::try_from(records.len()).unwrap_or(i64::MAX)),
@@ -155,37 +145,8 @@ pub fn state_from_statuses<'a>(
         let changes = records
             .into_iter()
             .map(|(address, record)| {
-                let owner = match (record.pod_uid.as_str(), record.container_id.as_str()) {
-                    ("", "") => {
-                        return Err(bad(format!(
-                            "status.allocatedIPs: {address} names neither podUid nor containerID; \
-                             release it or write its owner"
-                        )));
-                    }
-                    ("", container) => OwnerKey::Container(container.to_owned()),
-                    (uid, _) => OwnerKey::Pod(uid.to_owned()),
-                };
-                // A pod is written `namespace/name`; anything else could not be written back.
-                let pod = match record.pod.split_once('/') {
-                    Some((namespace, name)) => Some(PodRef {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    }),
-                    None if record.pod.is_empty() => None,
-                    None => {
-                        return Err(bad(format!(
-                            "status.allocatedIPs: {address} names pod {:?}, not namespace/name; \
-                             write the pod as namespace/name",
-                            record.pod
-                        )));
-                    }
-                };
-                let holder = Holder::new(&owner, &record.interface, pod.as_ref(), &record.container_id);
-                Ok(Change::Allocate {
-                    pool: pool.to_owned(),
-                    address,
-                    holder,
-                })
+                record_allocation(pool, address, &record)
+                    .map_err(|problem| bad(format!("status.allocatedIPs: {problem}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         state
@@ -205,6 +166,58 @@ pub fn state_from_statuses<'a>(
         }
     }
     Ok(state)
+}
+
+/// The allocation a record of `pool` at `address` stands for; what is wrong with it otherwise,
+/// naming the address and the fix. A record names its owner by `podUid`, or by `containerID`
+/// when it has no pod.
+pub(crate) fn record_allocation(
+    pool: &str,
+    address: IpAddr,
+    record: &AllocationRecord,
+) -> Result<Change, String> {
+    let owner = match (record.pod_uid.as_str(), record.container_id.as_str()) {
+        ("", "") => {
+            return Err(format!(
+                "{address} names neither podUid nor containerID; release it or write its owner"
+            ));
+        }
+        ("", container) => OwnerKey::Container(container.to_owned()),
+        (uid, _) => OwnerKey::Pod(uid.to_owned()),
+    };
+    // A pod is written `namespace/name`; anything else could not be written back.
+    let pod = match record.pod.split_once('/') {
+        Some((namespace, name)) => Some(PodRef {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }),
+        None if record.pod.is_empty() => None,
+        None => {
+            return Err(format!(
+                "{address} names pod {:?}, not namespace/name; write the pod as namespace/name",
+                record.pod
+            ));
+        }
+    };
+    let holder = Holder::new(&owner, &record.interface, pod.as_ref(), &record.container_id);
+    Ok(Change::Allocate {
+        pool: pool.to_owned(),
+        address,
+        holder,
+    })
+}
+
+/// The record `holder` is written as.
+pub(crate) fn allocation_record(holder: &Holder) -> AllocationRecord {
+    AllocationRecord {
+        pod: holder.pod().map(|pod| pod.to_string()).unwrap_or_default(),
+        pod_uid: match holder.owner() {
+            OwnerKey::Pod(uid) => uid,
+            OwnerKey::Container(_) => String::new(),
+        },
+        interface: holder.interface(),
+        container_id: holder.container_id(),
+    }
 }
 
 /// A pool's status cannot be read as allocation state.

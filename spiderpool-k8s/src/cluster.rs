@@ -17,12 +17,12 @@ use kube::{Api, Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use spiderpool_core::round::{
-    Batch, Call, EndpointChange, EndpointWrite, Outcome, Poll, PoolWrite, Pools, Reads, RetryBudget,
-    RoundError, Snapshot, Step, Written,
+    Batch, BlockChange, BlockWrite, Call, EndpointChange, EndpointWrite, Outcome, Poll, PoolWrite, Pools,
+    Reads, RetryBudget, RoundError, Snapshot, Step, Written,
 };
-use spiderpool_core::{Plan, PodRef, RuntimeFacts, StatusStateError};
+use spiderpool_core::{Block, BlockStateError, IndexedBlock, Plan, PodRef, RuntimeFacts, StatusStateError};
 
-use crate::crd::{SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool, SpiderReservedIP};
+use crate::crd::{SpiderEndpoint, SpiderEndpointSpec, SpiderIPBlock, SpiderIPPool, SpiderReservedIP};
 use crate::facts::{namespace_facts, pod_record, replicas, versioned_endpoint};
 
 /// Why the store could not read or write.
@@ -42,6 +42,9 @@ pub enum ApiFailure {
     /// A pool's status cannot be read as allocation records.
     #[error("{0}; the pool's status was not written by spiderpool or was edited")]
     Status(#[from] StatusStateError),
+    /// A block cannot be read as allocation records.
+    #[error(transparent)]
+    Block(#[from] BlockStateError),
     /// The batching task ended: the agent is stopping.
     #[error("the allocator is stopping; try again")]
     Stopped,
@@ -65,6 +68,12 @@ pub type ClusterError = RoundError<ApiFailure>;
 pub struct StoreCounters {
     /// Pool status writes that succeeded.
     pub pool_writes: AtomicU64,
+    /// Block writes that succeeded.
+    pub block_writes: AtomicU64,
+    /// Blocks created: claims that succeeded.
+    pub block_claims: AtomicU64,
+    /// The largest block or pool status written, in bytes of JSON.
+    pub largest_write: AtomicU64,
     /// Pool status writes refused with a conflict (409).
     pub conflicts: AtomicU64,
 }
@@ -84,6 +93,7 @@ pub struct ClusterStore {
     client: Client,
     budget: RetryBudget,
     counters: Arc<StoreCounters>,
+    node: Option<String>,
 }
 
 impl ClusterStore {
@@ -93,7 +103,16 @@ impl ClusterStore {
             client,
             budget: RetryBudget::default(),
             counters: Arc::default(),
+            node: None,
         }
+    }
+
+    /// The same store serving the calls of `node` (a node agent's): a DEL whose runtime names
+    /// no node is served as this node's, so that what its pod left in the node's blocks is
+    /// found even when the pod and its endpoint are gone.
+    pub fn with_node(mut self, node: impl Into<String>) -> ClusterStore {
+        self.node = Some(node.into()).filter(|node: &String| !node.is_empty());
+        self
     }
 
     /// The same store with another retry budget.
@@ -130,6 +149,16 @@ impl ClusterStore {
         mut answer: impl FnMut(usize, Result<Outcome, ClusterError>),
     ) -> BatchCost {
         let epoch = Instant::now();
+        let calls = calls
+            .into_iter()
+            .map(|call| match (call, &self.node) {
+                (Call::Del(mut facts), Some(node)) => {
+                    facts.node.get_or_insert_with(|| node.clone());
+                    Call::Del(facts)
+                }
+                (call, _) => call,
+            })
+            .collect();
         let mut batch: Batch<ApiFailure> = Batch::new(calls, self.budget, Duration::ZERO);
         loop {
             let Poll { step, answers } = batch.poll(epoch.elapsed());
@@ -144,6 +173,10 @@ impl ClusterStore {
                 Step::WritePool(write) => {
                     let write = write.clone();
                     batch.pool_written(self.write_pool(&write).await);
+                }
+                Step::WriteBlock(write) => {
+                    let write = write.clone();
+                    batch.pool_written(self.write_block(&write).await);
                 }
                 Step::WriteEndpoints(writes) => {
                     let writes = writes.to_vec();
@@ -187,9 +220,37 @@ impl ClusterStore {
         self.serve_one(Call::Del(facts)).await
     }
 
-    /// The pools with the allocation state their statuses record now: what listings, CHECK
-    /// and STATUS read.
+    /// The pools with the allocation state their statuses and blocks record now: what
+    /// listings, CHECK, STATUS and the webhook read.
     pub async fn pools(&self) -> Result<Pools, ApiFailure> {
+        let (pools, blocks) = tokio::join!(self.read_pools(), self.list_blocks(ListParams::default()));
+        let mut pools = pools?;
+        pools.add_blocks(&blocks?);
+        Ok(pools)
+    }
+
+    /// Writes the `allocatedIPCount` (and `totalIPCount`) of every pool that allocates from
+    /// blocks whose count is not what its blocks hold ([`spiderpool_core::round::count_writes`]):
+    /// the pools written. A pool that changed meanwhile is left for the next time.
+    pub async fn write_counts(&self) -> Result<usize, ApiFailure> {
+        let pools = self.read_pools().await?;
+        let names: Vec<String> = pools.catalog.entries().map(|(name, _)| name.to_owned()).collect();
+        let indexes = futures::future::try_join_all(names.iter().map(|pool| self.index_blocks(pool))).await?;
+        let index = names.into_iter().zip(indexes).collect();
+        let mut written = 0;
+        for write in spiderpool_core::round::count_writes(&pools, &index) {
+            match self.write_pool(&write).await {
+                Written::Done => written += 1,
+                Written::Conflict => {}
+                Written::Failed(error) => return Err(error),
+            }
+        }
+        Ok(written)
+    }
+
+    /// The pools and reserved addresses, with the records of pools that keep them in their
+    /// status.
+    async fn read_pools(&self) -> Result<Pools, ApiFailure> {
         let all = ListParams::default();
         let (pools, reserved) = (
             Api::<SpiderIPPool>::all(self.client.clone()),
@@ -204,6 +265,59 @@ impl ClusterStore {
         )?)
     }
 
+    /// The blocks `params` select, read whole.
+    async fn list_blocks(&self, params: ListParams) -> Result<Vec<Block>, ApiFailure> {
+        let api = Api::<SpiderIPBlock>::all(self.client.clone());
+        let listed = api
+            .list(&params)
+            .await
+            .map_err(|err| ApiFailure::request("listing SpiderIPBlocks", err))?;
+        listed
+            .items
+            .iter()
+            .map(|block| block.to_core().map_err(ApiFailure::from))
+            .collect()
+    }
+
+    /// Every block of `pool`, from the objects' metadata: a block whose annotations do not
+    /// tell is read whole.
+    async fn index_blocks(&self, pool: &str) -> Result<Vec<IndexedBlock>, ApiFailure> {
+        let api = Api::<SpiderIPBlock>::all(self.client.clone());
+        let params = ListParams::default().fields(&format!("spec.pool={pool}"));
+        let listed = api
+            .list_metadata(&params)
+            .await
+            .map_err(|err| ApiFailure::request(format!("listing the SpiderIPBlocks of pool {pool}"), err))?;
+        let mut index = Vec::with_capacity(listed.items.len());
+        for item in &listed.items {
+            match SpiderIPBlock::indexed(&item.metadata) {
+                Some(indexed) => index.push(indexed),
+                None => {
+                    let name = item.metadata.name.clone().unwrap_or_default();
+                    let Some(block) = api
+                        .get_opt(&name)
+                        .await
+                        .map_err(|err| ApiFailure::request(format!("reading SpiderIPBlock {name}"), err))?
+                    else {
+                        continue;
+                    };
+                    let block = block.to_core()?;
+                    index.push(IndexedBlock {
+                        start: block
+                            .family
+                            .address_at(block.low)
+                            .expect("a block's start is of its family"),
+                        name: block.name,
+                        node: block.node,
+                        allocated: block.allocations.len() as u64,
+                        pool_uid: block.pool_uid,
+                    });
+                }
+            }
+        }
+        Ok(index)
+    }
+
     /// Reads what a round asks for, every read at once.
     async fn read(&self, reads: Reads) -> Result<Snapshot, ApiFailure> {
         let Reads {
@@ -214,37 +328,64 @@ impl ClusterStore {
             nodes,
             endpoints,
             statefulsets,
+            node_blocks,
+            block_index,
+            blocks,
         } = reads;
         let client = &self.client;
-        let (pools, everything, pods, namespaces, nodes, endpoints, statefulsets) = tokio::join!(
+        let blocks_api = || Api::<SpiderIPBlock>::all(client.clone());
+        let (blocks_read, (pools, everything, pods, namespaces, nodes, endpoints, statefulsets)) = tokio::join!(
             async {
-                if pools {
-                    self.pools().await.map(Some)
-                } else {
-                    Ok(None)
-                }
+                let of_nodes = futures::future::try_join_all(node_blocks.iter().map(|node| {
+                    self.list_blocks(ListParams::default().fields(&format!("spec.node={node}")))
+                }));
+                let indexes =
+                    futures::future::try_join_all(block_index.iter().map(|pool| self.index_blocks(pool)));
+                let named = get_each(blocks.clone(), "SpiderIPBlock", |_| blocks_api());
+                tokio::try_join!(of_nodes, indexes, named)
             },
             async {
-                if everything {
-                    self.read_everything().await.map(Some)
-                } else {
-                    Ok(None)
-                }
+                tokio::join!(
+                    async {
+                        if pools {
+                            self.read_pools().await.map(Some)
+                        } else {
+                            Ok(None)
+                        }
+                    },
+                    async {
+                        if everything {
+                            self.read_everything().await.map(Some)
+                        } else {
+                            Ok(None)
+                        }
+                    },
+                    get_each(pods, "pod", |pod| Api::<Pod>::namespaced(
+                        client.clone(),
+                        &pod.namespace
+                    )),
+                    get_each(namespaces, "namespace", |_| Api::<Namespace>::all(client.clone())),
+                    get_each(nodes, "node", |_| Api::<Node>::all(client.clone())),
+                    get_each(endpoints, "SpiderEndpoint", |pod| {
+                        Api::<SpiderEndpoint>::namespaced(client.clone(), &pod.namespace)
+                    }),
+                    get_each(statefulsets, "StatefulSet", |set| {
+                        Api::<StatefulSet>::namespaced(client.clone(), &set.namespace)
+                    }),
+                )
             },
-            get_each(pods, "pod", |pod| Api::<Pod>::namespaced(
-                client.clone(),
-                &pod.namespace
-            )),
-            get_each(namespaces, "namespace", |_| Api::<Namespace>::all(client.clone())),
-            get_each(nodes, "node", |_| Api::<Node>::all(client.clone())),
-            get_each(endpoints, "SpiderEndpoint", |pod| {
-                Api::<SpiderEndpoint>::namespaced(client.clone(), &pod.namespace)
-            }),
-            get_each(statefulsets, "StatefulSet", |set| {
-                Api::<StatefulSet>::namespaced(client.clone(), &set.namespace)
-            }),
         );
         let mut snapshot = everything?.unwrap_or_default();
+        let (of_nodes, indexes, named) = blocks_read?;
+        for block in of_nodes.into_iter().flatten() {
+            snapshot.blocks.insert(block.name.clone(), Some(block));
+        }
+        snapshot.node_blocks.extend(node_blocks);
+        snapshot.block_index.extend(block_index.into_iter().zip(indexes));
+        for (name, read) in named {
+            let read = read.map(|block| block.to_core()).transpose()?;
+            snapshot.blocks.insert(name, read);
+        }
         snapshot.pools = pools?;
         snapshot.pods.extend(
             pods?
@@ -284,11 +425,12 @@ impl ClusterStore {
             Api::<SpiderEndpoint>::all(client.clone()),
             Api::<StatefulSet>::all(client.clone()),
         );
-        let (pods, nodes, endpoints, sets) = tokio::join!(
+        let (pods, nodes, endpoints, sets, blocks) = tokio::join!(
             pods.list(&all),
             nodes.list_metadata(&all),
             endpoints.list(&all),
             sets.list(&all),
+            self.list_blocks(all.clone()),
         );
         let failed = |what: &'static str| move |err| ApiFailure::request(format!("listing {what}"), err);
         let key = |namespace: Option<String>, name: String| PodRef {
@@ -313,6 +455,10 @@ impl ClusterStore {
             statefulsets: (sets.map_err(failed("StatefulSets"))?.items.iter())
                 .map(|set| (key(set.namespace(), set.name_any()), Some(replicas(set))))
                 .collect(),
+            blocks: blocks?
+                .into_iter()
+                .map(|block| (block.name.clone(), Some(block)))
+                .collect(),
             everything: true,
             ..Snapshot::default()
         })
@@ -336,6 +482,9 @@ impl ClusterStore {
                 .or_insert(serde_json::Value::Null);
         }
         let patch = json!({"metadata": {"resourceVersion": write.version}, "status": status});
+        self.counters
+            .largest_write
+            .fetch_max(patch.to_string().len() as u64, Ordering::Relaxed);
         let api: Api<SpiderIPPool> = Api::all(self.client.clone());
         let written = api
             .patch_status(&write.pool, &PatchParams::default(), &Patch::Merge(&patch))
@@ -348,6 +497,57 @@ impl ClusterStore {
             Written::Conflict => self.counters.conflicts.fetch_add(1, Ordering::Relaxed),
             Written::Failed(_) => 0,
         };
+        outcome
+    }
+
+    /// Creates (claims), replaces or deletes a block, presenting the version read.
+    async fn write_block(&self, write: &BlockWrite) -> Written<ApiFailure> {
+        let api: Api<SpiderIPBlock> = Api::all(self.client.clone());
+        let action = || format!("writing SpiderIPBlock {}", write.name);
+        if let Some(spec) = write.spec() {
+            let size = serde_json::to_string(spec).map_or(0, |text| text.len());
+            self.counters
+                .largest_write
+                .fetch_max(size as u64, Ordering::Relaxed);
+        }
+        let outcome = match &write.change {
+            BlockChange::Create(spec) => {
+                let block = SpiderIPBlock::of(&write.name, spec);
+                classify(api.create(&PostParams::default(), &block).await, false, action)
+            }
+            BlockChange::Replace { version, spec } => {
+                let mut block = SpiderIPBlock::of(&write.name, spec);
+                block.metadata.resource_version = Some(version.clone());
+                classify(
+                    api.replace(&write.name, &PostParams::default(), &block).await,
+                    false,
+                    action,
+                )
+            }
+            BlockChange::Delete { version } => {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        resource_version: Some(version.clone()),
+                        uid: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                classify(api.delete(&write.name, &params).await.map(|_| ()), true, action)
+            }
+        };
+        match (&outcome, &write.change) {
+            (Written::Done, BlockChange::Create(_)) => {
+                self.counters.block_claims.fetch_add(1, Ordering::Relaxed);
+                self.counters.block_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            (Written::Done, _) => {
+                self.counters.block_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            (Written::Conflict, _) => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            }
+            (Written::Failed(_), _) => {}
+        }
         outcome
     }
 

@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use spiderpool_core::EndpointInterface;
-use spiderpool_core::{EndpointSpec, IPPoolSpec, IPPoolStatus, ObjectMeta, ReservedIPSpec};
+use spiderpool_core::{BlockSpec, EndpointSpec, IPPoolSpec, IPPoolStatus, ObjectMeta, ReservedIPSpec};
 
 /// The API group of every resource here.
 pub const GROUP: &str = "spiderpool.spidernet.io";
@@ -82,6 +82,88 @@ pub struct SpiderReservedIPSpec(pub ReservedIPSpec);
     description = "The addresses one pod holds, its node and its controller: the commit record of its allocations."
 )]
 pub struct SpiderEndpointSpec(pub EndpointSpec);
+
+/// A block of a pool's addresses and the node it is affine to, holding the records of its
+/// addresses: the core's [`BlockSpec`] (see `docs/decisions/0011-address-blocks.md`).
+///
+/// The derive also generates [`SpiderIPBlock`], the cluster-scoped object with the printer
+/// columns of `kubectl get spideripblock`. `spec.pool` and `spec.node` are selectable fields,
+/// so that a node lists its blocks and a pool's blocks are listed by field selector.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "spiderpool.spidernet.io",
+    version = "v2beta1",
+    kind = "SpiderIPBlock",
+    shortname = "sib",
+    selectable = ".spec.pool",
+    selectable = ".spec.node",
+    printcolumn = r#"{"name": "POOL", "type": "string", "jsonPath": ".spec.pool"}"#,
+    printcolumn = r#"{"name": "NODE", "type": "string", "jsonPath": ".spec.node"}"#,
+    printcolumn = r#"{"name": "RANGE", "type": "string", "jsonPath": ".spec.cidr"}"#,
+    printcolumn = r#"{"name": "ALLOCATED", "type": "integer", "jsonPath": ".spec.allocatedIPCount"}"#
+)]
+#[serde(transparent)]
+#[schemars(
+    transparent,
+    description = "A block of a pool's addresses, the node it is affine to, and who holds its addresses."
+)]
+pub struct SpiderIPBlockSpec(pub BlockSpec);
+
+/// Annotations of a block's object that its metadata alone tells a pool's index by: its
+/// node and how many addresses it holds (a list of metadata carries no spec).
+pub const BLOCK_NODE_ANNOTATION: &str = "spiderpool.spidernet.io/node";
+/// See [`BLOCK_NODE_ANNOTATION`].
+pub const BLOCK_ALLOCATED_ANNOTATION: &str = "spiderpool.spidernet.io/allocated-ip-count";
+/// See [`BLOCK_NODE_ANNOTATION`].
+pub const BLOCK_CIDR_ANNOTATION: &str = "spiderpool.spidernet.io/cidr";
+/// See [`BLOCK_NODE_ANNOTATION`].
+pub const BLOCK_POOL_UID_ANNOTATION: &str = "spiderpool.spidernet.io/pool-uid";
+
+impl SpiderIPBlock {
+    /// The object `name` with `spec`, its index annotations set.
+    pub fn of(name: &str, spec: &BlockSpec) -> SpiderIPBlock {
+        let mut block = SpiderIPBlock::new(name, SpiderIPBlockSpec(spec.clone()));
+        block.metadata.annotations = Some(
+            [
+                (BLOCK_NODE_ANNOTATION.to_owned(), spec.node.clone()),
+                (BLOCK_CIDR_ANNOTATION.to_owned(), spec.cidr.clone()),
+                (BLOCK_POOL_UID_ANNOTATION.to_owned(), spec.pool_uid.clone()),
+                (
+                    BLOCK_ALLOCATED_ANNOTATION.to_owned(),
+                    spec.allocated_ip_count.to_string(),
+                ),
+            ]
+            .into(),
+        );
+        block
+    }
+
+    /// The block as a pool's index lists it, from its metadata alone; `None` when its
+    /// annotations are missing or unreadable (the block is then read whole).
+    pub fn indexed(metadata: &kube::core::ObjectMeta) -> Option<spiderpool_core::IndexedBlock> {
+        let annotations = metadata.annotations.as_ref()?;
+        let cidr: spiderpool_core::Subnet = annotations.get(BLOCK_CIDR_ANNOTATION)?.parse().ok()?;
+        Some(spiderpool_core::IndexedBlock {
+            name: metadata.name.clone()?,
+            start: cidr.network(),
+            node: annotations.get(BLOCK_NODE_ANNOTATION)?.clone(),
+            allocated: annotations.get(BLOCK_ALLOCATED_ANNOTATION)?.parse().ok()?,
+            pool_uid: annotations
+                .get(BLOCK_POOL_UID_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The block as the core reads it.
+    pub fn to_core(&self) -> Result<spiderpool_core::Block, spiderpool_core::BlockStateError> {
+        spiderpool_core::Block::read(
+            self.metadata.name.as_deref().unwrap_or_default(),
+            self.metadata.resource_version.clone().unwrap_or_default(),
+            self.spec.0.clone(),
+        )
+    }
+}
 
 /// A Multus network for Spiderpool's IPAM: the controller renders and owns the
 /// `NetworkAttachmentDefinition` of the same namespace and name.
@@ -188,6 +270,7 @@ pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
         named::<SpiderIPPool>(),
         named::<SpiderReservedIP>(),
         named::<SpiderEndpoint>(),
+        named::<SpiderIPBlock>(),
         named::<SpiderMultusConfig>(),
     ]
 }

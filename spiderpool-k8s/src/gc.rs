@@ -20,6 +20,8 @@ pub struct SweepReport {
     pub released: Vec<Collected>,
     /// The endpoints deleted.
     pub endpoints_deleted: Vec<PodRef>,
+    /// The blocks given back.
+    pub blocks_given_back: Vec<String>,
     /// Addresses seen uncommitted, waiting for the grace period.
     pub suspects: usize,
     /// Conflicts met writing.
@@ -32,6 +34,7 @@ pub struct Collector {
     store: ClusterStore,
     policy: GcPolicy,
     suspects: BTreeMap<(String, IpAddr), Seconds>,
+    empty_blocks: BTreeMap<String, Seconds>,
 }
 
 impl Collector {
@@ -41,6 +44,7 @@ impl Collector {
             store,
             policy,
             suspects: BTreeMap::new(),
+            empty_blocks: BTreeMap::new(),
         }
     }
 
@@ -50,6 +54,7 @@ impl Collector {
             now,
             policy: self.policy,
             suspects: self.suspects.clone(),
+            empty_blocks: self.empty_blocks.clone(),
         };
         let mut answered = None;
         let cost = self
@@ -60,8 +65,10 @@ impl Collector {
             unreachable!("a sweep is answered with a sweep")
         };
         self.suspects = sweep.suspects;
+        self.empty_blocks = sweep.empty_blocks;
         Ok(SweepReport {
             released: sweep.collected,
+            blocks_given_back: sweep.released_blocks,
             endpoints_deleted: sweep.orphaned_endpoints,
             suspects: self.suspects.len(),
             conflicts: cost.conflicts,
@@ -92,6 +99,11 @@ pub async fn run_collector(store: ClusterStore, policy: GcPolicy, interval: Dura
                 for pod in &report.endpoints_deleted {
                     eprintln!("gc: deleted the SpiderEndpoint of {pod}: the pod is gone");
                 }
+                for block in &report.blocks_given_back {
+                    eprintln!(
+                        "gc: gave back block {block}: it held nothing for its grace period, or its node or pool is gone"
+                    );
+                }
             }
             Err(error) => eprintln!("gc: sweep failed, retrying in {interval:?}: {error}"),
         }
@@ -104,4 +116,18 @@ pub fn unix_now() -> Seconds {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs() as Seconds)
+}
+
+/// Keeps the pools' `allocatedIPCount` what their blocks hold, every `interval` (a second in
+/// the controller), until the process ends: one writer per pool, at most one write per
+/// interval, instead of every allocation writing its pool.
+pub async fn run_counter(store: ClusterStore, interval: Duration) {
+    loop {
+        if let Err(error) = store.write_counts().await {
+            eprintln!(
+                "counts: writing the pools' allocatedIPCount failed, retrying in {interval:?}: {error}"
+            );
+        }
+        tokio::time::sleep(interval).await;
+    }
 }

@@ -15,9 +15,10 @@ pub mod webhook;
 pub use batch::Batcher;
 pub use cluster::{ApiFailure, BatchCost, ClusterError, ClusterStore, StoreCounters};
 pub use crd::{
-    EndpointInterface, LinkConfig, NetworkPools, SpiderEndpoint, SpiderEndpointSpec, SpiderIPPool,
-    SpiderIPPoolSpec, SpiderMultusConfig, SpiderMultusConfigSpec, SpiderReservedIP, SpiderReservedIPSpec,
-    SriovConfig, crd_manifest, crds,
+    BLOCK_ALLOCATED_ANNOTATION, BLOCK_CIDR_ANNOTATION, BLOCK_NODE_ANNOTATION, BLOCK_POOL_UID_ANNOTATION,
+    EndpointInterface, LinkConfig, NetworkPools, SpiderEndpoint, SpiderEndpointSpec, SpiderIPBlock,
+    SpiderIPBlockSpec, SpiderIPPool, SpiderIPPoolSpec, SpiderMultusConfig, SpiderMultusConfigSpec,
+    SpiderReservedIP, SpiderReservedIPSpec, SriovConfig, crd_manifest, crds,
 };
 pub use facts::pod_record;
 pub use spiderpool_core::round::RetryBudget;

@@ -28,7 +28,8 @@ use crate::crd::SpiderIPPool;
 /// The path the API server posts reviews to.
 pub const PATH: &str = "/validate";
 
-/// The verdict on one admission request, given every pool stored now (`existing`).
+/// The verdict on one admission request, given every pool stored now (`existing`) and the
+/// blocks of the pool it is about (`blocks`).
 ///
 /// Pools: creation and update are checked as the engine reads pools (every violation, overlap
 /// with other pools; on update `subnet` and `ipVersion` immutable, addresses in use kept);
@@ -37,6 +38,7 @@ pub const PATH: &str = "/validate";
 pub fn review(
     request: &AdmissionRequest<DynamicObject>,
     existing: &[spiderpool_core::SpiderIPPool],
+    blocks: &[spiderpool_core::Block],
 ) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
     let verdict = match (request.kind.kind.as_str(), &request.operation) {
@@ -45,12 +47,12 @@ pub fn review(
                 wire(request.object.as_ref()),
                 wire(request.old_object.as_ref()).ok(),
             ) {
-                (Ok(new), old) => admit_pool(existing, old.as_ref(), &new).map_err(|e| e.to_string()),
+                (Ok(new), old) => admit_pool(existing, old.as_ref(), &new, blocks).map_err(|e| e.to_string()),
                 (Err(error), _) => Err(error),
             }
         }
         ("SpiderIPPool", Operation::Delete) => wire(request.old_object.as_ref())
-            .and_then(|old| admit_pool_deletion(&old).map_err(|e| e.to_string())),
+            .and_then(|old| admit_pool_deletion(&old, blocks).map_err(|e| e.to_string())),
         ("SpiderReservedIP", Operation::Create | Operation::Update) => wire(request.object.as_ref())
             .and_then(|object| admit_reserved_ip(&object).map_err(|e| e.to_string())),
         _ => Ok(()),
@@ -350,11 +352,21 @@ async fn answer(request: Request<Incoming>, client: Client) -> Result<Response<F
         }) {
         Ok(admission) => {
             let admission: AdmissionRequest<DynamicObject> = admission;
-            match existing_pools(&client).await {
-                Ok(pools) => review(&admission, &pools),
+            let blocks = async {
+                match admission.kind.kind.as_str() {
+                    "SpiderIPPool" => pool_blocks(&client, &admission.name).await,
+                    _ => Ok(Vec::new()),
+                }
+            };
+            match tokio::join!(existing_pools(&client), blocks) {
+                (Ok(pools), Ok(blocks)) => review(&admission, &pools, &blocks),
                 // Without the other pools the verdict cannot be given; failurePolicy decides.
-                Err(error) => AdmissionResponse::from(&admission).deny(format!(
+                (Err(error), _) => AdmissionResponse::from(&admission).deny(format!(
                     "the webhook could not list SpiderIPPools to check overlaps: {error}; try again"
+                )),
+                (_, Err(error)) => AdmissionResponse::from(&admission).deny(format!(
+                    "the webhook could not read the SpiderIPBlocks of pool {}: {error}; try again",
+                    admission.name
                 )),
             }
         }
@@ -367,6 +379,20 @@ async fn answer(request: Request<Incoming>, client: Client) -> Result<Response<F
         "application/json".parse().expect("a header value"),
     );
     Ok(answer)
+}
+
+/// The blocks of `pool`, as the engine reads them.
+async fn pool_blocks(client: &Client, pool: &str) -> Result<Vec<spiderpool_core::Block>, String> {
+    let params = ListParams::default().fields(&format!("spec.pool={pool}"));
+    let blocks = Api::<crate::crd::SpiderIPBlock>::all(client.clone())
+        .list(&params)
+        .await
+        .map_err(|err| err.to_string())?;
+    blocks
+        .items
+        .iter()
+        .map(|block| block.to_core().map_err(|err| err.to_string()))
+        .collect()
 }
 
 /// Every pool stored now, as the engine reads them.

@@ -74,6 +74,8 @@ async fn the_seed_at_the_api_level_prints_the_seed_table() {
     assert_eq!(address_of(&first).to_string(), "10.6.168.60");
     assert_eq!(address_of(&second).to_string(), "10.7.168.60");
 
+    // Allocations write blocks; the controller's counter writes the pools' counts.
+    store.write_counts().await.expect("the pools' counts");
     let table = kubectl(
         &config,
         &["get", "spiderippool", "test-ippool-6", "test-ippool-7"],
@@ -109,6 +111,7 @@ async fn the_seed_at_the_api_level_prints_the_seed_table() {
         store.release(del.clone()).await.expect("DEL");
         store.release(del).await.expect("DEL again");
     }
+    store.write_counts().await.expect("the pools' counts");
     let table = allocated_counts(&config, &["test-ippool-6", "test-ippool-7"]);
     assert_eq!(table, "0\n0\n");
     let left = kubectl(
@@ -361,12 +364,13 @@ async fn a_dual_stack_allocation_that_gives_up_leaves_nothing_behind() {
     kubectl(&config, &["apply", "-f", "-"], &objects);
     let client = client(&config).await;
 
-    // Another writer keeps changing the IPv6 pool: every write of it conflicts. It pauses while
-    // the test undoes an allocation that slipped through, which must write that pool too.
+    // Another writer keeps changing the IPv6 pool's block: every write of it conflicts (until
+    // the first allocation creates it, nothing conflicts). It pauses while the test undoes an
+    // allocation that slipped through, which must write that block too.
     let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churn = {
-        let pools: Api<SpiderIPPool> = Api::all(client.clone());
-        let v6 = v6.clone();
+        let pools: Api<spiderpool_k8s::SpiderIPBlock> = Api::all(client.clone());
+        let v6 = spiderpool_core::block_name(&v6, "fd00:61::".parse().unwrap(), 122);
         let paused = paused.clone();
         tokio::spawn(async move {
             for round in 0u64.. {
