@@ -282,7 +282,8 @@ impl Server {
                 .statefulsets
                 .insert(set.clone(), self.statefulsets.get(set).copied());
         }
-        let all = reads.everything;
+        let all = reads.all_blocks;
+        snapshot.all_blocks = all;
         for (name, stored) in &self.blocks {
             if all || reads.node_blocks.contains(&stored.object.node) || reads.blocks.contains(name) {
                 snapshot
@@ -618,6 +619,9 @@ fn split(reads: &Reads) -> Vec<Reads> {
     }
     if reads.everything {
         parts.push(one(&|part| part.everything = true));
+    }
+    if reads.all_blocks {
+        parts.push(one(&|part| part.all_blocks = true));
     }
     for pod in &reads.pods {
         parts.push(one(&|part| {
@@ -1352,6 +1356,7 @@ impl World {
                     let next = parts.last().expect("a read is left");
                     let ceiling = if next.pools
                         || next.everything
+                        || next.all_blocks
                         || !next.block_index.is_empty()
                         || !next.node_blocks.is_empty()
                     {
@@ -1833,6 +1838,9 @@ fn describe_reads(reads: &Reads) -> String {
     }
     if reads.everything {
         parts.push("everything".to_owned());
+    }
+    if reads.all_blocks {
+        parts.push("all blocks".to_owned());
     }
     for pod in &reads.pods {
         parts.push(format!("pod {pod}"));

@@ -226,8 +226,11 @@ pub struct Snapshot {
     pub node_blocks: BTreeSet<String>,
     /// Pools whose every block was listed, without records. [`decide`] takes them.
     pub block_index: BTreeMap<String, Vec<IndexedBlock>>,
-    /// Whether every pod, node, endpoint, StatefulSet and block of the cluster was listed, so
-    /// that a missing one does not exist (what the garbage collector reads).
+    /// Whether every block of the cluster is in `blocks`.
+    pub all_blocks: bool,
+    /// Whether every pod, node, endpoint and StatefulSet of the cluster was listed, so that a
+    /// missing one does not exist (what the garbage collector reads, after the pools and
+    /// blocks).
     pub everything: bool,
 }
 
@@ -245,6 +248,7 @@ impl Snapshot {
         self.blocks.extend(read.blocks);
         self.node_blocks.extend(read.node_blocks);
         self.block_index.extend(read.block_index);
+        self.all_blocks |= read.all_blocks;
         self.everything |= read.everything;
     }
 
@@ -342,7 +346,8 @@ pub fn count_writes(pools: &Pools, index: &BTreeMap<String, Vec<IndexedBlock>>) 
 pub struct Reads {
     /// Every pool and reserved-IP object.
     pub pools: bool,
-    /// Every pod, node, endpoint and StatefulSet (a sweep of the garbage collector).
+    /// Every pod, node, endpoint and StatefulSet (a sweep of the garbage collector, after the
+    /// pools and blocks).
     pub everything: bool,
     /// These pods.
     pub pods: BTreeSet<PodRef>,
@@ -360,6 +365,8 @@ pub struct Reads {
     pub block_index: BTreeSet<String>,
     /// These blocks, with their records.
     pub blocks: BTreeSet<String>,
+    /// Every block, with its records (the garbage collector's read, with the pools).
+    pub all_blocks: bool,
 }
 
 impl Reads {
@@ -405,7 +412,7 @@ pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
                     wanted.nodes.insert(node.to_owned());
                 }
                 let blocks_read =
-                    node.is_empty() || snapshot.everything || snapshot.node_blocks.contains(node);
+                    node.is_empty() || snapshot.all_blocks || snapshot.node_blocks.contains(node);
                 if !blocks_read {
                     wanted.node_blocks.insert(node.to_owned());
                 }
@@ -449,10 +456,13 @@ pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
                         .cloned(),
                 );
             }
-            // The pods after the pools: a record read belongs to a pod that existed before,
-            // which the pods read after show unless it went (a pod created between a list of
-            // the pods and a list of the pools would look gone).
-            Call::Sweep { .. } => wanted.everything |= snapshot.pools.is_some() && !snapshot.everything,
+            // The pods after the pools and blocks: a record read belongs to a pod that existed
+            // before, which the pods read after show unless it went (a pod created between a
+            // list of the pods and a list of the blocks would look gone).
+            Call::Sweep { .. } => {
+                wanted.all_blocks |= !snapshot.all_blocks;
+                wanted.everything |= snapshot.pools.is_some() && snapshot.all_blocks && !snapshot.everything;
+            }
         }
     }
     wanted
@@ -699,6 +709,7 @@ pub fn decide(calls: &[Call], snapshot: &mut Snapshot) -> Result<Decision, Box<R
     snapshot.blocks.clear();
     snapshot.node_blocks.clear();
     snapshot.block_index.clear();
+    snapshot.all_blocks = false;
     // A view of everything is read again after the pools, with them.
     if std::mem::take(&mut snapshot.everything) {
         snapshot.pods.clear();
@@ -727,7 +738,7 @@ fn block_view(pools: &Pools, snapshot: &Snapshot, read: &BTreeMap<String, &Block
         }
         let index = snapshot.block_index.get(pool.name());
         let mut known = PoolBlocks {
-            listed: snapshot.everything || index.is_some(),
+            listed: snapshot.all_blocks || index.is_some(),
             blocks: BTreeMap::new(),
         };
         for indexed in index.into_iter().flatten() {

@@ -331,6 +331,7 @@ impl ClusterStore {
             node_blocks,
             block_index,
             blocks,
+            all_blocks,
         } = reads;
         let client = &self.client;
         let blocks_api = || Api::<SpiderIPBlock>::all(client.clone());
@@ -342,7 +343,13 @@ impl ClusterStore {
                 let indexes =
                     futures::future::try_join_all(block_index.iter().map(|pool| self.index_blocks(pool)));
                 let named = get_each(blocks.clone(), "SpiderIPBlock", |_| blocks_api());
-                tokio::try_join!(of_nodes, indexes, named)
+                let every = async {
+                    match all_blocks {
+                        true => self.list_blocks(ListParams::default()).await,
+                        false => Ok(Vec::new()),
+                    }
+                };
+                tokio::try_join!(of_nodes, indexes, named, every)
             },
             async {
                 tokio::join!(
@@ -376,8 +383,9 @@ impl ClusterStore {
             },
         );
         let mut snapshot = everything?.unwrap_or_default();
-        let (of_nodes, indexes, named) = blocks_read?;
-        for block in of_nodes.into_iter().flatten() {
+        let (of_nodes, indexes, named, every) = blocks_read?;
+        snapshot.all_blocks = all_blocks;
+        for block in of_nodes.into_iter().flatten().chain(every) {
             snapshot.blocks.insert(block.name.clone(), Some(block));
         }
         snapshot.node_blocks.extend(node_blocks);
@@ -415,7 +423,8 @@ impl ClusterStore {
         Ok(snapshot)
     }
 
-    /// Every pod, node, endpoint and StatefulSet: what the garbage collector reads.
+    /// Every pod, node, endpoint and StatefulSet: what the garbage collector reads after the
+    /// pools and blocks.
     async fn read_everything(&self) -> Result<Snapshot, ApiFailure> {
         let client = &self.client;
         let all = ListParams::default();
@@ -425,12 +434,11 @@ impl ClusterStore {
             Api::<SpiderEndpoint>::all(client.clone()),
             Api::<StatefulSet>::all(client.clone()),
         );
-        let (pods, nodes, endpoints, sets, blocks) = tokio::join!(
+        let (pods, nodes, endpoints, sets) = tokio::join!(
             pods.list(&all),
             nodes.list_metadata(&all),
             endpoints.list(&all),
             sets.list(&all),
-            self.list_blocks(all.clone()),
         );
         let failed = |what: &'static str| move |err| ApiFailure::request(format!("listing {what}"), err);
         let key = |namespace: Option<String>, name: String| PodRef {
@@ -454,10 +462,6 @@ impl ClusterStore {
                 .collect(),
             statefulsets: (sets.map_err(failed("StatefulSets"))?.items.iter())
                 .map(|set| (key(set.namespace(), set.name_any()), Some(replicas(set))))
-                .collect(),
-            blocks: blocks?
-                .into_iter()
-                .map(|block| (block.name.clone(), Some(block)))
                 .collect(),
             everything: true,
             ..Snapshot::default()

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Nodes and pods are API objects (no kubelet runs): half the nodes are in zone a, half in zone
-//! b, one pool per zone pinned by `nodeAffinity`, every pod listing both pools. The modes are
+//! b, one pool per zone pinned by `nodeAffinity`, every pod listing both pools (`--zones 1`:
+//! one zone, one pool of `--pool-size` addresses). `--concurrency` bounds the calls in flight
+//! (1: one call's latency); `--release` then DELs every pod the same way and times it. The modes are
 //! the two designs of the plugin's cluster mode: `direct`, where every CNI call builds its own
 //! client and allocates alone (what a plugin process with `ipam.kubeconfig` does), and
 //! `agent`, where one allocator per node writes the ADDs that arrive together as one batch
@@ -55,6 +57,24 @@ struct Args {
     /// `cargo build --release -p spiderpool-cni`).
     #[arg(long, default_value = "target/release/spiderpool")]
     spiderpool: PathBuf,
+    /// Zones, each with its pool: 2 (the seed's shape), or 1 (one pool, every node).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    zones: u8,
+    /// Addresses per pool (from x.y.0.1 of its /16); default the pods and 10 more.
+    #[arg(long)]
+    pool_size: Option<u32>,
+    /// Calls in flight at most; default all at once.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// After the ADDs, DEL every pod (with the same concurrency) and time it.
+    #[arg(long)]
+    release: bool,
+}
+
+impl Args {
+    fn zone_names(&self) -> &'static [&'static str] {
+        if self.zones == 1 { &["a"] } else { &["a", "b"] }
+    }
 }
 
 /// The plugin's cluster designs.
@@ -106,8 +126,14 @@ async fn run(args: &Args) -> Result<(), String> {
     let id = format!("b{}", std::process::id());
     let namespace = format!("{id}-pods");
     println!(
-        "cluster-bench: {} pods over {} nodes, 2 zone pools, +{} ms per request, mode {:?} (run {id})",
-        args.pods, args.nodes, args.latency_ms, args.mode
+        "cluster-bench: {} pods over {} nodes, {} zone pools of {} addresses, +{} ms per request, mode {:?}, {} in flight (run {id})",
+        args.pods,
+        args.nodes,
+        args.zones,
+        pool_size(args),
+        args.latency_ms,
+        args.mode,
+        args.concurrency.map_or("all".to_owned(), |n| n.to_string())
     );
     let setup = Instant::now();
     create_objects(&direct, &id, &namespace, args).await?;
@@ -143,6 +169,7 @@ async fn run(args: &Args) -> Result<(), String> {
             let log = std::fs::File::create(work.join(format!("node-{node}.log")))
                 .map_err(|err| err.to_string())?;
             let mut agent = tokio::process::Command::new(&args.spiderpool)
+                .env("NODE_NAME", format!("{id}-node-{node}"))
                 .args(["agent", "--socket"])
                 .arg(&socket)
                 .arg("--kubeconfig")
@@ -162,81 +189,44 @@ async fn run(args: &Args) -> Result<(), String> {
             agents.push(agent);
         }
     }
-    let started = Instant::now();
-    let mut tasks: tokio::task::JoinSet<(Result<IpAddr, String>, Duration)> = tokio::task::JoinSet::new();
-    let first_address = |plan: Plan| plan.interfaces[0].addresses[0].address;
-    match args.mode {
-        Mode::Agent => {
-            let mut batchers = Vec::new();
-            for _ in 0..args.nodes {
-                batchers.push(Batcher::spawn(
-                    counters_store.with_client(client(&slow_file).await?),
-                ));
-            }
-            for (node, request) in requests {
-                let batcher = batchers[node].clone();
-                tasks.spawn(async move {
-                    let began = Instant::now();
-                    let result = batcher
-                        .serve(Call::Add(request))
-                        .await
-                        .map(|outcome| match outcome {
-                            Outcome::Added(plan) => first_address(plan),
-                            other => unreachable!("an ADD is answered with addresses, not {other:?}"),
-                        });
-                    (result.map_err(|err| err.to_string()), began.elapsed())
-                });
-            }
-        }
-        Mode::Direct => {
-            for (_, request) in requests {
-                let file = slow_file.clone();
-                let shared = counters_store.clone();
-                tasks.spawn(async move {
-                    let began = Instant::now();
-                    // A plugin process: its own client, its own connection.
-                    let result = match client(&file).await {
-                        Ok(client) => shared.with_client(client).allocate(request).await,
-                        Err(error) => panic!("a client: {error}"),
-                    };
-                    (
-                        result.map(first_address).map_err(|err| err.to_string()),
-                        began.elapsed(),
-                    )
-                });
-            }
-        }
-        Mode::Exec => {
-            for (node, request) in requests {
-                let binary = args.spiderpool.clone();
-                let socket = work.join(format!("node-{node}.sock"));
-                tasks.spawn(async move {
-                    let began = Instant::now();
-                    (plugin_add(&binary, &socket, &request).await, began.elapsed())
-                });
-            }
+    let mut batchers = Vec::new();
+    if args.mode == Mode::Agent {
+        for node in 0..args.nodes {
+            batchers.push(Batcher::spawn(
+                counters_store
+                    .with_client(client(&slow_file).await?)
+                    .with_node(format!("{id}-node-{node}")),
+            ));
         }
     }
-    let mut latencies = Vec::new();
+    let phase = Phase {
+        mode: args.mode,
+        batchers: &batchers,
+        store: &counters_store,
+        kubeconfig: &slow_file,
+        spiderpool: &args.spiderpool,
+        work: &work,
+        concurrency: args.concurrency.unwrap_or(usize::MAX).max(1),
+    };
+    let started = Instant::now();
+    let (results, mut latencies) = phase.run(Command::Add, &requests).await;
+    let total = started.elapsed();
     let mut addresses = BTreeSet::new();
     let mut failures = Vec::new();
     let mut duplicates = 0;
-    while let Some(done) = tasks.join_next().await {
-        let (result, latency) = done.map_err(|err| err.to_string())?;
-        latencies.push(latency);
+    for result in results {
         match result {
-            Ok(address) => {
+            Ok(Some(address)) => {
                 if !addresses.insert(address) {
                     duplicates += 1;
                 }
             }
+            Ok(None) => {}
             Err(error) => failures.push(error),
         }
     }
-    let total = started.elapsed();
-    drop(agents);
-    let _ = std::fs::remove_dir_all(&work);
-    // Conflicts as the API server counts them (409s on pool statuses), whichever process met them.
+    // Conflicts as the API server counts them (409s on pool statuses and blocks), whichever
+    // process met them.
     let conflicts = match (conflicts_before, server_conflicts(&direct).await) {
         (Some(before), Some(after)) => after - before,
         _ => counters_store.counters().conflicts.load(Ordering::Relaxed),
@@ -251,7 +241,7 @@ async fn run(args: &Args) -> Result<(), String> {
         .state;
     let mut recorded = 0;
     let mut seen = BTreeSet::new();
-    for zone in ["a", "b"] {
+    for zone in args.zone_names() {
         let Ok(allocations) = spiderpool_core::AllocationState::allocations(&state, &format!("{id}-{zone}"));
         for (address, _) in allocations {
             recorded += 1;
@@ -270,9 +260,14 @@ async fn run(args: &Args) -> Result<(), String> {
         failures.len()
     );
     println!(
-        "conflicts: {conflicts} ({:.3} per allocation; 409s on pool statuses, from the API server's metrics), \
+        "conflicts: {conflicts} ({:.3} per allocation; 409s on pool statuses and blocks, from the API server's metrics), \
          pool writes by this process: {writes}",
         conflicts as f64 / args.pods as f64
+    );
+    let (blocks, largest) = stored_objects(&direct, &id, args).await?;
+    println!(
+        "stored: {blocks} blocks; largest object {} bytes ({})",
+        largest.0, largest.1
     );
     println!(
         "per-pod latency: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
@@ -284,6 +279,46 @@ async fn run(args: &Args) -> Result<(), String> {
     if let Some(first) = failures.first() {
         println!("first failure: {first}");
     }
+    if args.release {
+        let started = Instant::now();
+        let (results, mut latencies) = phase.run(Command::Del, &requests).await;
+        let total = started.elapsed();
+        let failed: Vec<&String> = results
+            .iter()
+            .filter_map(|result| result.as_ref().err())
+            .collect();
+        latencies.sort();
+        let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
+        println!("total DEL time: {:.2} s", total.as_secs_f64());
+        println!(
+            "releases: {} answered, {} failed; per-pod latency p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
+            results.len() - failed.len(),
+            failed.len(),
+            quantile(0.5),
+            quantile(0.9),
+            quantile(1.0)
+        );
+        if let Some(first) = failed.first() {
+            println!("first DEL failure: {first}");
+        }
+        let state = ClusterStore::new(direct.clone())
+            .pools()
+            .await
+            .map_err(|err| err.to_string())?
+            .state;
+        let left: u64 = args
+            .zone_names()
+            .iter()
+            .map(|zone| {
+                let Ok(count) =
+                    spiderpool_core::AllocationState::allocated_count(&state, &format!("{id}-{zone}"));
+                count
+            })
+            .sum();
+        println!("left allocated after the DELs: {left}");
+    }
+    drop(agents);
+    let _ = std::fs::remove_dir_all(&work);
     cleanup(&direct, &id, &namespace, args).await;
     if duplicates > 0 {
         return Err(format!("{duplicates} duplicate addresses"));
@@ -291,13 +326,14 @@ async fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// One ADD as a runtime makes it: a `spiderpool` process with the CNI environment and the
-/// network configuration on stdin, answered by the node's agent.
-async fn plugin_add(
+/// One ADD or DEL as a runtime makes it: a `spiderpool` process with the CNI environment and
+/// the network configuration on stdin, answered by the node's agent. An ADD's first address.
+async fn plugin_call(
     binary: &std::path::Path,
     socket: &std::path::Path,
+    command: Command,
     request: &RuntimeFacts,
-) -> Result<IpAddr, String> {
+) -> Result<Option<IpAddr>, String> {
     let pod = request.pod.clone().unwrap_or_default();
     use tokio::io::AsyncWriteExt as _;
     let config = serde_json::json!({
@@ -306,7 +342,7 @@ async fn plugin_add(
     });
     let mut child = tokio::process::Command::new(binary)
         .env_clear()
-        .env("CNI_COMMAND", "ADD")
+        .env("CNI_COMMAND", command.name())
         .env("CNI_CONTAINERID", &request.container_id)
         .env("CNI_NETNS", format!("/var/run/netns/{}", request.container_id))
         .env("CNI_IFNAME", &request.interface)
@@ -329,12 +365,153 @@ async fn plugin_add(
         .map_err(|err| err.to_string())?;
     drop(stdin);
     let output = child.wait_with_output().await.map_err(|err| err.to_string())?;
+    if command == Command::Del {
+        return match output.status.success() {
+            true => Ok(None),
+            false => Err(String::from_utf8_lossy(&output.stdout).into_owned()),
+        };
+    }
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|err| err.to_string())?;
     let address = answer["ips"][0]["address"]
         .as_str()
         .and_then(|cidr| cidr.split('/').next())
         .and_then(|text| text.parse().ok());
-    address.ok_or_else(|| answer.to_string())
+    address.map(Some).ok_or_else(|| answer.to_string())
+}
+
+/// The CNI calls measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Add,
+    Del,
+}
+
+impl Command {
+    fn name(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+        }
+    }
+}
+
+/// How the calls of a phase are made.
+struct Phase<'a> {
+    mode: Mode,
+    batchers: &'a [Batcher],
+    store: &'a ClusterStore,
+    kubeconfig: &'a Kubeconfig,
+    spiderpool: &'a std::path::Path,
+    work: &'a std::path::Path,
+    concurrency: usize,
+}
+
+impl Phase<'_> {
+    /// Makes `command` for every request (node index, facts), at most `concurrency` at once:
+    /// each call's outcome (an ADD's first address) and latency.
+    async fn run(
+        &self,
+        command: Command,
+        requests: &[(usize, RuntimeFacts)],
+    ) -> (Vec<Result<Option<IpAddr>, String>>, Vec<Duration>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut latencies = Vec::with_capacity(requests.len());
+        let mut finish =
+            |done: Result<(Result<Option<IpAddr>, String>, Duration), tokio::task::JoinError>| {
+                let (result, latency) = done.expect("a call's task");
+                outcomes.push(result);
+                latencies.push(latency);
+            };
+        for (node, request) in requests.iter().cloned() {
+            if tasks.len() >= self.concurrency
+                && let Some(done) = tasks.join_next().await
+            {
+                finish(done);
+            }
+            let mode = self.mode;
+            let batcher = self.batchers.get(node).cloned();
+            let store = self.store.clone();
+            let kubeconfig = self.kubeconfig.clone();
+            let binary = self.spiderpool.to_path_buf();
+            let socket = self.work.join(format!("node-{node}.sock"));
+            tasks.spawn(async move {
+                let began = Instant::now();
+                let first = |plan: Plan| Some(plan.interfaces[0].addresses[0].address);
+                let call = match command {
+                    Command::Add => Call::Add(request.clone()),
+                    Command::Del => Call::Del(request.clone()),
+                };
+                let result = match mode {
+                    Mode::Agent => batcher
+                        .expect("an allocator per node")
+                        .serve(call)
+                        .await
+                        .map(|outcome| match outcome {
+                            Outcome::Added(plan) => first(plan),
+                            _ => None,
+                        })
+                        .map_err(|err| err.to_string()),
+                    Mode::Direct => {
+                        // A plugin process: its own client, its own connection.
+                        let store = match client(&kubeconfig).await {
+                            Ok(client) => store.with_client(client),
+                            Err(error) => panic!("a client: {error}"),
+                        };
+                        match store.serve_one(call).await {
+                            Ok(Outcome::Added(plan)) => Ok(first(plan)),
+                            Ok(_) => Ok(None),
+                            Err(error) => Err(error.to_string()),
+                        }
+                    }
+                    Mode::Exec => plugin_call(&binary, &socket, command, &request).await,
+                };
+                (result, began.elapsed())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            finish(done);
+        }
+        (outcomes, latencies)
+    }
+}
+
+/// The addresses of each pool.
+fn pool_size(args: &Args) -> u32 {
+    args.pool_size.unwrap_or(args.pods as u32 + 10)
+}
+
+/// The blocks the run's pools have, and the largest object of them and the pools, in bytes of
+/// JSON as stored.
+async fn stored_objects(client: &Client, id: &str, args: &Args) -> Result<(usize, (usize, String)), String> {
+    let blocks: Api<spiderpool_k8s::SpiderIPBlock> = Api::all(client.clone());
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let mut count = 0;
+    let mut largest = (0, String::new());
+    for zone in args.zone_names() {
+        let pool = format!("{id}-{zone}");
+        let params = ListParams::default().fields(&format!("spec.pool={pool}"));
+        let listed = blocks.list(&params).await.map_err(|err| err.to_string())?;
+        count += listed.items.len();
+        let object = pools.get(&pool).await.map_err(|err| err.to_string())?;
+        let size = serde_json::to_vec(&object).map_or(0, |json| json.len());
+        if size > largest.0 {
+            largest = (size, format!("SpiderIPPool {pool}"));
+        }
+        for block in &listed.items {
+            let size = serde_json::to_vec(block).map_or(0, |json| json.len());
+            if size > largest.0 {
+                largest = (
+                    size,
+                    format!(
+                        "SpiderIPBlock {}",
+                        block.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+    Ok((count, largest))
 }
 
 /// The 409s the API server answered to pool status writes so far, from its metrics.
@@ -346,7 +523,8 @@ async fn server_conflicts(client: &Client) -> Option<u64> {
             .filter(|line| {
                 line.starts_with("apiserver_request_total{")
                     && line.contains(r#"code="409""#)
-                    && line.contains(r#"resource="spiderippools""#)
+                    && (line.contains(r#"resource="spiderippools""#)
+                        || line.contains(r#"resource="spideripblocks""#))
             })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64,
@@ -437,7 +615,11 @@ async fn create_objects(client: &Client, id: &str, namespace: &str, args: &Args)
         .map_err(|err| fail("the namespace", err))?;
     let nodes: Api<Node> = Api::all(client.clone());
     for index in 0..args.nodes {
-        let zone = if index < args.nodes / 2 { "a" } else { "b" };
+        let zone = if index < args.nodes / 2 || args.zones == 1 {
+            "a"
+        } else {
+            "b"
+        };
         let node: Node = serde_json::from_value(serde_json::json!({"metadata": {
             "name": format!("{id}-node-{index}"),
             "labels": {"bench.spiderpool.io/zone": format!("{id}-{zone}")}}}))
@@ -454,14 +636,15 @@ async fn create_objects(client: &Client, id: &str, namespace: &str, args: &Args)
         .delete_collection(&DeleteParams::default(), &earlier)
         .await
         .map_err(|err| fail("(deleting) earlier pools", err))?;
-    for (zone, octet) in [("a", 100), ("b", 101)] {
-        let last = args.pods + 10;
+    for (zone, octet) in args.zone_names().iter().zip([100, 101]) {
+        let first = std::net::Ipv4Addr::new(10, octet, 0, 1);
+        let last = std::net::Ipv4Addr::from(u32::from(first) + pool_size(args).clamp(1, 65534) - 1);
         let pool: SpiderIPPool = serde_json::from_value(serde_json::json!({
             "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
             "metadata": {"name": format!("{id}-{zone}"), "labels": {"spiderpool-test": "cluster-bench"}},
             "spec": {
                 "subnet": format!("10.{octet}.0.0/16"),
-                "ips": [format!("10.{octet}.0.1-10.{octet}.{}.{}", last / 256, last % 256)],
+                "ips": [format!("{first}-{last}")],
                 "nodeAffinity": {"matchLabels": {"bench.spiderpool.io/zone": format!("{id}-{zone}")}}
             }
         }))
@@ -471,7 +654,12 @@ async fn create_objects(client: &Client, id: &str, namespace: &str, args: &Args)
             .await
             .map_err(|err| fail("a pool", err))?;
     }
-    let annotation = format!(r#"{{"ipv4": ["{id}-a", "{id}-b"]}}"#);
+    let names: Vec<String> = args
+        .zone_names()
+        .iter()
+        .map(|zone| format!(r#""{id}-{zone}""#))
+        .collect();
+    let annotation = format!(r#"{{"ipv4": [{}]}}"#, names.join(", "));
     let mut creations = tokio::task::JoinSet::new();
     for index in 0..args.pods {
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -513,8 +701,14 @@ async fn cleanup(client: &Client, id: &str, namespace: &str, args: &Args) {
     let nodes: Api<Node> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut errors: Vec<String> = results.into_iter().flatten().map(|e| e.to_string()).collect();
-    for zone in ["a", "b"] {
-        if let Err(error) = pools.delete(&format!("{id}-{zone}"), &now).await {
+    let blocks: Api<spiderpool_k8s::SpiderIPBlock> = Api::all(client.clone());
+    for zone in args.zone_names() {
+        let pool = format!("{id}-{zone}");
+        if let Err(error) = pools.delete(&pool, &now).await {
+            errors.push(error.to_string());
+        }
+        let of_pool = ListParams::default().fields(&format!("spec.pool={pool}"));
+        if let Err(error) = blocks.delete_collection(&now, &of_pool).await {
             errors.push(error.to_string());
         }
     }
