@@ -42,6 +42,10 @@ pub struct EndpointSpec {
     /// One entry per interface, by interface name.
     #[serde(default)]
     pub ips: Vec<EndpointInterface>,
+    /// The blocks (`SpiderIPBlock` names) holding records of the pod: where its calls and the
+    /// collector find them, committed or not, whichever node's blocks they are in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<String>,
 }
 
 /// The addresses of one interface of a pod.
@@ -202,6 +206,7 @@ impl EndpointSpec {
             owner_controller_type: kind,
             owner_controller_name: name,
             ips,
+            blocks: kept.map(|endpoint| endpoint.blocks.clone()).unwrap_or_default(),
         }
     }
 

@@ -258,11 +258,13 @@ impl Snapshot {
         let Some(pools) = &self.pools else {
             return Vec::new();
         };
-        endpoint
+        let listed = endpoint
             .committed()
             .into_iter()
             .filter(|(pool, _)| !pools.keeps_records_in_status(pool))
-            .filter_map(|(pool, address)| Some(crate::block::block_of(pools.catalog.pool(&pool)?, address)))
+            .filter_map(|(pool, address)| Some(crate::block::block_of(pools.catalog.pool(&pool)?, address)));
+        listed
+            .chain(endpoint.blocks.iter().cloned())
             .filter(|name| !self.blocks.contains_key(name))
             .collect()
     }
@@ -874,8 +876,27 @@ fn plan(calls: &[Call], snapshot: &Snapshot) -> Result<Decision, Box<Reads>> {
     let mut early_endpoint_writes = Vec::new();
     let mut written: BTreeMap<PodRef, usize> = BTreeMap::new();
     let borrowers = std::mem::take(&mut work.borrowers);
-    for (pod, draft) in work.drafts {
-        let change = match (draft.read, draft.current) {
+    let holding = if work.drafts.is_empty() {
+        BTreeMap::new()
+    } else {
+        work.blocks_holding()
+    };
+    for (pod, draft) in std::mem::take(&mut work.drafts) {
+        let blocks: Vec<String> = holding.get(&pod).into_iter().flatten().cloned().collect();
+        let current = match (draft.current, &draft.read) {
+            (Some(mut spec), _) => {
+                spec.blocks = blocks;
+                Some(spec)
+            }
+            // What the pod still holds stays findable.
+            (None, Some(read)) if !blocks.is_empty() => Some(EndpointSpec {
+                ips: Vec::new(),
+                blocks,
+                ..read.object.clone()
+            }),
+            (None, _) => None,
+        };
+        let change = match (draft.read, current) {
             (None, Some(spec)) => EndpointChange::Create(spec),
             (Some(read), Some(spec)) if read.object != spec => EndpointChange::Replace {
                 version: read.version,
@@ -1019,6 +1040,26 @@ impl Work<'_> {
         }
         self.changes.extend(changes);
         borrows
+    }
+
+    /// The blocks holding records of each pod (of any of its incarnations), among those read.
+    fn blocks_holding(&self) -> BTreeMap<PodRef, BTreeSet<String>> {
+        let mut holding: BTreeMap<PodRef, BTreeSet<String>> = BTreeMap::new();
+        for (pool, &(family, prefix)) in &self.shapes {
+            if self.pools.keeps_records_in_status(pool) {
+                continue;
+            }
+            let Ok(allocations) = self.state.allocations(pool);
+            for (address, holder) in allocations {
+                let Some(pod) = holder.pod() else { continue };
+                let (start, _) = block_range(family, address_value(address), prefix);
+                holding
+                    .entry(pod)
+                    .or_default()
+                    .insert(block_name(pool, family.address(start), prefix));
+            }
+        }
+        holding
     }
 
     /// The writes of the blocks the changes touched and of those given back, in name order.
