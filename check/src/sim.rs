@@ -190,12 +190,21 @@ struct Server {
     endpoints: BTreeMap<PodRef, Stored<EndpointSpec>>,
     statefulsets: BTreeMap<PodRef, u32>,
     blocks: BTreeMap<String, Stored<BlockSpec>>,
+    /// The blocks of each node and of each pool, as a field selector finds them.
+    node_index: BTreeMap<String, BTreeSet<String>>,
+    pool_index: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Server {
     fn new() -> Server {
+        Server::with(POOLS, &NODES.map(|node| (node.to_owned(), BTreeMap::new())))
+    }
+
+    /// A server holding the pools and reserved addresses of `objects` (YAML) and `nodes` with
+    /// their labels, and the namespace `default`.
+    fn with(objects: &str, nodes: &[(String, BTreeMap<String, String>)]) -> Server {
         let mut server = Server::default();
-        for document in parse_documents(POOLS).expect("the simulation's pools parse") {
+        for document in parse_documents(objects).expect("the simulation's pools parse") {
             match document.resource {
                 spiderpool_core::Resource::IpPool(pool) => {
                     let version = server.bump();
@@ -214,8 +223,8 @@ impl Server {
         server
             .namespaces
             .insert(NAMESPACE.into(), NamespaceFacts::default());
-        for node in NODES {
-            server.nodes.insert(node.into(), BTreeMap::new());
+        for (node, labels) in nodes {
+            server.nodes.insert(node.clone(), labels.clone());
         }
         server
     }
@@ -282,20 +291,21 @@ impl Server {
                 .statefulsets
                 .insert(set.clone(), self.statefulsets.get(set).copied());
         }
-        let all = reads.all_blocks;
-        snapshot.all_blocks = all;
-        for (name, stored) in &self.blocks {
-            if all || reads.node_blocks.contains(&stored.object.node) || reads.blocks.contains(name) {
-                snapshot
-                    .blocks
-                    .insert(name.clone(), Some(self.block(name, stored)));
-            }
-            if reads.block_index.contains(&stored.object.pool) {
-                let start = stored
-                    .object
-                    .cidr
-                    .parse::<spiderpool_core::Subnet>()
-                    .expect("a block's cidr");
+        snapshot.all_blocks = reads.all_blocks;
+        let whole: Box<dyn Iterator<Item = &String>> = if reads.all_blocks {
+            Box::new(self.blocks.keys())
+        } else {
+            let of_nodes = (reads.node_blocks.iter()).flat_map(|node| self.node_index.get(node).into_iter().flatten());
+            Box::new(of_nodes.chain(&reads.blocks))
+        };
+        for name in whole {
+            let read = self.blocks.get(name).map(|stored| self.block(name, stored));
+            snapshot.blocks.insert(name.clone(), read);
+        }
+        for pool in &reads.block_index {
+            for name in self.pool_index.get(pool).into_iter().flatten() {
+                let stored = &self.blocks[name];
+                let start = stored.object.cidr.parse::<spiderpool_core::Subnet>().expect("a block's cidr");
                 let indexed = IndexedBlock {
                     name: name.clone(),
                     start: start.network(),
@@ -303,15 +313,8 @@ impl Server {
                     allocated: stored.object.allocated_ips.len() as u64,
                     pool_uid: stored.object.pool_uid.clone(),
                 };
-                snapshot
-                    .block_index
-                    .entry(stored.object.pool.clone())
-                    .or_default()
-                    .push(indexed);
+                snapshot.block_index.entry(pool.clone()).or_default().push(indexed);
             }
-        }
-        for name in &reads.blocks {
-            snapshot.blocks.entry(name.clone()).or_insert(None);
         }
         for pool in &reads.block_index {
             snapshot.block_index.entry(pool.clone()).or_default();
@@ -326,28 +329,35 @@ impl Server {
     }
 
     fn write_block(&mut self, write: &BlockWrite) -> bool {
-        let current = self
-            .blocks
-            .get(&write.name)
-            .map(|stored| stored.version.to_string());
+        let current = self.blocks.get(&write.name).map(|stored| stored.version.to_string());
         let version = self.bump();
-        match (&write.change, current) {
-            (BlockChange::Create(spec), None) => {
-                let object = spec.clone();
-                self.blocks.insert(write.name.clone(), Stored { version, object });
-                true
-            }
-            (BlockChange::Replace { version: read, spec }, Some(current)) if *read == current => {
-                let object = spec.clone();
-                self.blocks.insert(write.name.clone(), Stored { version, object });
-                true
-            }
-            (BlockChange::Delete { version: read }, Some(current)) if *read == current => {
-                self.blocks.remove(&write.name);
-                true
-            }
+        let written = match (&write.change, current) {
+            (BlockChange::Create(_), None) => true,
+            (BlockChange::Replace { version: read, .. }, Some(current)) => *read == current,
+            (BlockChange::Delete { version: read }, Some(current)) => *read == current,
             _ => false,
+        };
+        if !written {
+            return false;
         }
+        if let Some(old) = self.blocks.remove(&write.name) {
+            for index in [
+                self.node_index.get_mut(&old.object.node),
+                self.pool_index.get_mut(&old.object.pool),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                index.remove(&write.name);
+            }
+        }
+        if let Some(spec) = write.spec() {
+            (self.node_index.entry(spec.node.clone()).or_default()).insert(write.name.clone());
+            (self.pool_index.entry(spec.pool.clone()).or_default()).insert(write.name.clone());
+            let object = spec.clone();
+            self.blocks.insert(write.name.clone(), Stored { version, object });
+        }
+        true
     }
 
     fn endpoint(&self, pod: &PodRef) -> Option<Versioned<EndpointSpec>> {
@@ -1908,6 +1918,21 @@ impl Cluster {
             server: Server::new(),
             now: Duration::ZERO,
         }
+    }
+
+    /// A cluster of the pools (and reserved addresses) of `objects`, YAML as users apply it,
+    /// and `nodes` with their labels: what the simulation at scale runs.
+    pub fn with(objects: &str, nodes: &[(String, BTreeMap<String, String>)]) -> Cluster {
+        Cluster {
+            server: Server::with(objects, nodes),
+            now: Duration::ZERO,
+        }
+    }
+
+    /// How many block objects the server holds, and the records of the largest.
+    pub fn block_sizes(&self) -> (usize, usize) {
+        let largest = self.server.blocks.values().map(|b| b.object.allocated_ips.len()).max();
+        (self.server.blocks.len(), largest.unwrap_or(0))
     }
 
     /// Creates pod `name` (UID `<name>-uid-1`, or the next one when it existed) in namespace
