@@ -295,7 +295,8 @@ impl Server {
         let whole: Box<dyn Iterator<Item = &String>> = if reads.all_blocks {
             Box::new(self.blocks.keys())
         } else {
-            let of_nodes = (reads.node_blocks.iter()).flat_map(|node| self.node_index.get(node).into_iter().flatten());
+            let of_nodes =
+                (reads.node_blocks.iter()).flat_map(|node| self.node_index.get(node).into_iter().flatten());
             Box::new(of_nodes.chain(&reads.blocks))
         };
         for name in whole {
@@ -305,7 +306,11 @@ impl Server {
         for pool in &reads.block_index {
             for name in self.pool_index.get(pool).into_iter().flatten() {
                 let stored = &self.blocks[name];
-                let start = stored.object.cidr.parse::<spiderpool_core::Subnet>().expect("a block's cidr");
+                let start = stored
+                    .object
+                    .cidr
+                    .parse::<spiderpool_core::Subnet>()
+                    .expect("a block's cidr");
                 let indexed = IndexedBlock {
                     name: name.clone(),
                     start: start.network(),
@@ -313,7 +318,11 @@ impl Server {
                     allocated: stored.object.allocated_ips.len() as u64,
                     pool_uid: stored.object.pool_uid.clone(),
                 };
-                snapshot.block_index.entry(pool.clone()).or_default().push(indexed);
+                snapshot
+                    .block_index
+                    .entry(pool.clone())
+                    .or_default()
+                    .push(indexed);
             }
         }
         for pool in &reads.block_index {
@@ -329,7 +338,10 @@ impl Server {
     }
 
     fn write_block(&mut self, write: &BlockWrite) -> bool {
-        let current = self.blocks.get(&write.name).map(|stored| stored.version.to_string());
+        let current = self
+            .blocks
+            .get(&write.name)
+            .map(|stored| stored.version.to_string());
         let version = self.bump();
         let written = match (&write.change, current) {
             (BlockChange::Create(_), None) => true,
@@ -1929,9 +1941,24 @@ impl Cluster {
         }
     }
 
+    /// The spec of block `name`, when it exists.
+    pub fn block(&self, name: &str) -> Option<BlockSpec> {
+        self.server.blocks.get(name).map(|stored| stored.object.clone())
+    }
+
+    /// The status of pool `name`.
+    pub fn pool_status(&self, name: &str) -> Option<IPPoolStatus> {
+        self.server.pools.get(name)?.object.status.clone()
+    }
+
     /// How many block objects the server holds, and the records of the largest.
     pub fn block_sizes(&self) -> (usize, usize) {
-        let largest = self.server.blocks.values().map(|b| b.object.allocated_ips.len()).max();
+        let largest = self
+            .server
+            .blocks
+            .values()
+            .map(|b| b.object.allocated_ips.len())
+            .max();
         (self.server.blocks.len(), largest.unwrap_or(0))
     }
 

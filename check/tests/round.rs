@@ -182,3 +182,97 @@ fn a_pod_the_api_server_does_not_know_is_refused_without_a_write() {
     );
     assert_eq!(cluster.revision(), revision);
 }
+
+/// A sweep of the collector at the cluster's clock, with nothing remembered.
+fn sweep(cluster: &mut Cluster) -> spiderpool_core::gc::Sweep {
+    let call = Call::Sweep {
+        now: cluster.clock(),
+        policy: GcPolicy::default(),
+        suspects: Default::default(),
+        empty_blocks: Default::default(),
+    };
+    match cluster.serve(vec![call]).remove(0).expect("a sweep") {
+        Outcome::Swept(sweep) => sweep,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_pool_with_records_in_its_status_serves_them_and_the_collector_moves_them_into_blocks() {
+    let mut cluster = Cluster::new();
+    // Records as the earlier version wrote them: in a4's status.allocatedIPs.
+    let old = cluster.add_pod("old", "n1", ZONES, None);
+    cluster.write_record("a4", "10.1.0.10", "old", &old, "s1", "eth0");
+    let web = cluster.add_pod("web", "n2", ZONES, None);
+    // Served from the status, as before: the next address after the status's cursor.
+    assert_eq!(add(&mut cluster, "web", "s1"), ["a4 10.1.0.11"]);
+    assert!(cluster.block("a4-10-1-0-8-30").is_none(), "no block yet");
+    assert!(cluster.pool_status("a4").unwrap().allocated_ips.is_some());
+
+    let swept = sweep(&mut cluster);
+    assert_eq!(swept.moved_to_blocks, ["a4"]);
+    let status = cluster.pool_status("a4").unwrap();
+    assert_eq!(status.allocated_ips, None, "the status holds no record");
+    assert_eq!(status.allocated_ip_count, Some(2));
+    let block = cluster.block("a4-10-1-0-8-30").expect("the records' block");
+    assert_eq!(
+        block.allocated_ips.keys().collect::<Vec<_>>(),
+        ["10.1.0.10", "10.1.0.11"]
+    );
+    assert_eq!(block.node, "n1", "the node of the first record's pod");
+    assert_eq!(
+        block.last_allocated_ip.as_deref(),
+        Some("10.1.0.11"),
+        "the cursor moved along"
+    );
+    assert_eq!(held_by(&cluster, &old), ["a4 10.1.0.10"]);
+    assert_eq!(held_by(&cluster, &web), ["a4 10.1.0.11"]);
+
+    // Served from the block now: the same address again, and nothing handed out twice.
+    assert_eq!(add(&mut cluster, "web", "s1"), ["a4 10.1.0.11"]);
+    cluster.add_pod("new", "n1", ZONES, None);
+    assert_eq!(
+        add(&mut cluster, "new", "s1"),
+        ["a4 10.1.0.13"],
+        "10.1.0.12 is reserved"
+    );
+    assert!(matches!(del(&mut cluster, "web", "s1"), Outcome::Released(changes) if changes.len() == 1));
+    assert!(held_by(&cluster, &web).is_empty());
+    assert_eq!(sweep(&mut cluster).moved_to_blocks, Vec::<String>::new());
+}
+
+#[test]
+fn nodes_claim_their_own_blocks_then_borrow_until_the_pool_is_full() {
+    let mut cluster = Cluster::new();
+    // a4: 10.1.0.10-15 in blocks of 4 (10.1.0.8/30: .10 .11; 10.1.0.12/30: .13 .14 .15,
+    // .12 reserved), nodes n1 and n2.
+    let pods = ["p1", "p2", "p3", "p4", "p5"];
+    for (index, pod) in pods.iter().enumerate() {
+        let node = if index < 3 { "n1" } else { "n2" };
+        cluster.add_pod(pod, node, r#"{"ipv4": ["a4"]}"#, None);
+    }
+    assert_eq!(add(&mut cluster, "p1", "s"), ["a4 10.1.0.10"]);
+    assert_eq!(
+        add(&mut cluster, "p4", "s"),
+        ["a4 10.1.0.13"],
+        "n2 claims the next block"
+    );
+    assert_eq!(add(&mut cluster, "p2", "s"), ["a4 10.1.0.11"]);
+    // n1's block is full and none is unclaimed: n1 borrows from n2's block.
+    assert_eq!(add(&mut cluster, "p3", "s"), ["a4 10.1.0.14"]);
+    assert_eq!(
+        cluster.block("a4-10-1-0-12-30").unwrap().node,
+        "n2",
+        "the block stays n2's"
+    );
+    let borrower = cluster.endpoint("p3").expect("committed");
+    assert_eq!(borrower.blocks, ["a4-10-1-0-12-30"]);
+    assert_eq!(add(&mut cluster, "p5", "s"), ["a4 10.1.0.15"]);
+    cluster.add_pod("p6", "n1", r#"{"ipv4": ["a4"]}"#, None);
+    let call = Call::Add(cluster.facts("p6", "s", "eth0"));
+    let refused = cluster.serve(vec![call]).remove(0).unwrap_err().to_string();
+    assert!(
+        refused.contains("a4: full: 5 of 5 allocatable addresses in use"),
+        "{refused}"
+    );
+}

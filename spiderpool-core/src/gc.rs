@@ -126,6 +126,8 @@ pub struct Sweep {
     pub empty_blocks: BTreeMap<String, Seconds>,
     /// Blocks given back: empty past their grace period, or of a pool or node that is gone.
     pub released_blocks: Vec<String>,
+    /// Pools whose records moved from `status.allocatedIPs` into blocks.
+    pub moved_to_blocks: Vec<String>,
 }
 
 /// Decides what to release among `held`, at `now`. `suspects` is the previous sweep's.

@@ -682,6 +682,9 @@ struct Work<'a> {
     endpoints: BTreeMap<PodRef, Option<Versioned<EndpointSpec>>>,
     /// The blocks read, by name, of pools allocating from blocks.
     blocks: BTreeMap<String, &'a Block>,
+    /// The blocks read of pools that keep their records in their status (an earlier move of
+    /// them into blocks that did not end).
+    parked: BTreeMap<String, &'a Block>,
     /// The family and block prefix of every pool allocating from blocks that the round knows.
     shapes: BTreeMap<String, (IpVersion, u8)>,
     view: BlockView,
@@ -691,6 +694,8 @@ struct Work<'a> {
     given_back: BTreeSet<String>,
     /// Pods that borrow from another node's block.
     borrowers: BTreeSet<PodRef>,
+    /// Pools whose records the collector moves from their status into blocks.
+    moving: BTreeSet<String>,
 }
 
 /// Decides `calls`, in order, on what `snapshot` read: each call sees the state the calls
@@ -803,9 +808,12 @@ fn plan(calls: &[Call], snapshot: &Snapshot) -> Result<Decision, Box<Reads>> {
     let pools = snapshot.pools.as_ref().expect("decide after the pools were read");
     let mut state = pools.state.clone();
     let mut blocks = BTreeMap::new();
+    let mut parked = BTreeMap::new();
     let mut shapes = BTreeMap::new();
     for block in snapshot.blocks.values().flatten() {
-        if !pools.keeps_records_in_status(&block.pool) {
+        if pools.keeps_records_in_status(&block.pool) {
+            parked.insert(block.name.clone(), block);
+        } else {
             if !pools.is_stale(&block.pool, &block.pool_uid) {
                 add_block_records(&mut state, block);
             }
@@ -826,11 +834,13 @@ fn plan(calls: &[Call], snapshot: &Snapshot) -> Result<Decision, Box<Reads>> {
         drafts: BTreeMap::new(),
         endpoints: snapshot.endpoints.clone(),
         blocks,
+        parked,
         shapes,
         view,
         touched: BTreeSet::new(),
         given_back: BTreeSet::new(),
         borrowers: BTreeSet::new(),
+        moving: BTreeSet::new(),
     };
     let mut decided = Vec::with_capacity(calls.len());
     for call in calls {
@@ -857,14 +867,22 @@ fn plan(calls: &[Call], snapshot: &Snapshot) -> Result<Decision, Box<Reads>> {
             ..Reads::default()
         }));
     }
-    let block_writes = work.block_writes();
-    let touched: BTreeSet<&str> = work.changes.iter().map(Change::pool).collect();
+    let mut block_writes = work.block_writes();
+    block_writes.extend(work.moving_writes());
+    block_writes.sort_by(|a, b| a.name.cmp(&b.name));
+    let touched: BTreeSet<&str> = (work.changes.iter().map(Change::pool))
+        .chain(work.moving.iter().map(String::as_str))
+        .collect();
     let pool_writes: Vec<PoolWrite> = touched
         .into_iter()
         .filter(|pool| pools.keeps_records_in_status(pool))
         .filter_map(|pool| {
             let read = pools.statuses.get(pool)?;
-            let status = pools.status(pool, &work.state);
+            let mut status = pools.status(pool, &work.state);
+            if work.moving.contains(pool) {
+                // The records are in the blocks written before this.
+                status.allocated_ips = None;
+            }
             (status != read.object).then(|| PoolWrite {
                 pool: pool.to_owned(),
                 version: read.version.clone(),
@@ -1040,6 +1058,76 @@ impl Work<'_> {
         }
         self.changes.extend(changes);
         borrows
+    }
+
+    /// The writes of the blocks that take over the records of the pools in `moving`: every
+    /// block holding one of them, affine to the node of the pod of its first record; and the
+    /// deletion of the pool's blocks holding none (left by an earlier move that did not end).
+    fn moving_writes(&self) -> Vec<BlockWrite> {
+        let mut writes = Vec::new();
+        for pool in &self.moving {
+            let (Some(valid), Some(read)) = (self.catalog.pool(pool), self.pools.statuses.get(pool)) else {
+                continue;
+            };
+            let (family, prefix) = (valid.version(), valid.block_prefix());
+            let cursor = (read.object.last_allocated_ip.as_deref())
+                .and_then(|text| text.parse::<IpAddr>().ok())
+                .map(address_value);
+            let Ok(allocations) = self.state.allocations(pool);
+            let mut records: BTreeMap<u128, Vec<(IpAddr, Holder)>> = BTreeMap::new();
+            for (address, holder) in allocations {
+                let (start, _) = block_range(family, address_value(address), prefix);
+                records.entry(start).or_default().push((address, holder));
+            }
+            let mut named = BTreeSet::new();
+            for (start, held) in &records {
+                let name = block_name(pool, family.address(*start), prefix);
+                let node = (held.iter())
+                    .filter_map(|(_, holder)| self.snapshot.pods.get(&holder.pod()?)?.as_ref())
+                    .map(|record| record.node.clone())
+                    .next()
+                    .unwrap_or_default();
+                let (low, high) = block_range(family, *start, prefix);
+                let spec = block_spec(
+                    (pool, self.pools.uid(pool)),
+                    family,
+                    (*start, prefix),
+                    &node,
+                    held.iter().map(|(address, holder)| (*address, holder)),
+                    cursor.filter(|value| (low..=high).contains(value)),
+                );
+                let change = match self.parked.get(&name) {
+                    Some(block) if block.spec == spec => {
+                        named.insert(name);
+                        continue;
+                    }
+                    Some(block) => BlockChange::Replace {
+                        version: block.version.clone(),
+                        spec,
+                    },
+                    None => BlockChange::Create(spec),
+                };
+                named.insert(name.clone());
+                writes.push(BlockWrite {
+                    name,
+                    pool: pool.clone(),
+                    change,
+                });
+            }
+            for block in self.parked.values().filter(|block| block.pool == *pool) {
+                let start = block_range(family, block.low, prefix).0;
+                if !records.contains_key(&start) && !named.contains(&block.name) {
+                    writes.push(BlockWrite {
+                        name: block.name.clone(),
+                        pool: pool.clone(),
+                        change: BlockChange::Delete {
+                            version: block.version.clone(),
+                        },
+                    });
+                }
+            }
+        }
+        writes
     }
 
     /// The blocks holding records of each pod (of any of its incarnations), among those read.
@@ -1307,6 +1395,13 @@ impl Work<'_> {
             .collect();
         let mut swept = gc::sweep(&held_in(&self.state, pools), &view, suspects, now, policy);
         let _ = self.apply(swept.collected.iter().map(|c| c.change.clone()).collect(), "");
+        // Records still in a valid pool's status move into blocks (decision 0011).
+        for pool in self.catalog.pools() {
+            if self.pools.keeps_records_in_status(pool.name()) {
+                self.moving.insert(pool.name().to_owned());
+                swept.moved_to_blocks.push(pool.name().to_owned());
+            }
+        }
         for pod in &swept.orphaned_endpoints {
             self.draft(pod).current = None;
         }
