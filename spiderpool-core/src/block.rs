@@ -7,8 +7,10 @@
 //!
 //! - **A node allocates from its own blocks**, each searched after its own cursor
 //!   (`lastAllocatedIP`), so a just-released address is not handed out again at once.
-//! - **When they are full it claims the lowest unclaimed block** with a free address: it
-//!   creates the block's object, and a create fails when another node made it first.
+//! - **When they are full it claims an unclaimed block** with a free address: it creates the
+//!   block's object, and a create fails when another node made it first. A pool's first claim
+//!   takes its lowest block; later ones search from where the node's name hashes to, so that
+//!   a zone's nodes claiming at once do not race for one block.
 //! - **When no block is unclaimed it borrows**: it allocates from another node's block, a
 //!   compare-and-swap on that block, so that a pool fills to its last address. The other
 //!   node keeps the block.
@@ -93,16 +95,20 @@ pub fn block_name(pool: &str, start: IpAddr, prefix: u8) -> String {
     if pool.len() + suffix.len() <= MAX {
         return format!("{pool}{suffix}");
     }
-    // FNV-1a: stable across builds and platforms, which a name must be.
-    let hash = pool.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = fnv1a(pool.as_bytes());
     let mut keep = MAX - suffix.len() - 17;
     while !pool.is_char_boundary(keep) {
         keep -= 1;
     }
     let head = pool[..keep].trim_end_matches(['-', '.']);
     format!("{head}-{hash:016x}{suffix}")
+}
+
+/// FNV-1a: stable across builds and platforms, which a name and a claim order must be.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The name of the block of `pool` that holds `address`.
@@ -326,7 +332,7 @@ impl BlockView {
     }
 
     /// The address an allocation on `node` gets from `pool`: in the node's blocks, else in
-    /// the lowest unclaimed block, else in another node's block. `None` when the pool is
+    /// an unclaimed block, else in another node's block. `None` when the pool is
     /// full, or when the round must read more first (recorded in [`BlockView::needs`]).
     pub(crate) fn next_free<S: AllocationState + ?Sized>(
         &self,
@@ -354,7 +360,16 @@ impl BlockView {
             self.needs.borrow_mut().index.insert(pool.name().to_owned());
             return Ok(None);
         }
-        for start in block_starts(pool.allocatable(), prefix) {
+        // The first claim of a pool takes its lowest block (its first address goes first, as
+        // without blocks); later claims start where the node's name hashes to, so that the
+        // nodes of a zone claiming at once do not all race for the same block.
+        let starts: Vec<u128> = block_starts(pool.allocatable(), prefix).collect();
+        let offset = match known.blocks.is_empty() || starts.is_empty() {
+            true => 0,
+            false => (fnv1a(node.as_bytes()) % starts.len() as u64) as usize,
+        };
+        for index in 0..starts.len() {
+            let start = starts[(offset + index) % starts.len()];
             if !known.blocks.contains_key(&start)
                 && let Some(address) = search(start, None)?
             {

@@ -228,6 +228,8 @@ pub struct Snapshot {
     pub block_index: BTreeMap<String, Vec<IndexedBlock>>,
     /// Whether every block of the cluster is in `blocks`.
     pub all_blocks: bool,
+    /// Pods whose endpoint must be read: a create of it found one.
+    pub endpoint_wanted: BTreeSet<PodRef>,
     /// Whether every pod, node, endpoint and StatefulSet of the cluster was listed, so that a
     /// missing one does not exist (what the garbage collector reads, after the pools and
     /// blocks).
@@ -249,7 +251,24 @@ impl Snapshot {
         self.node_blocks.extend(read.node_blocks);
         self.block_index.extend(read.block_index);
         self.all_blocks |= read.all_blocks;
+        self.endpoint_wanted.extend(read.endpoint_wanted);
         self.everything |= read.everything;
+    }
+
+    /// Whether the records read (statuses and blocks) hold any of the pod `uid`'s.
+    fn holds(&self, uid: &str) -> bool {
+        let owner = OwnerKey::Pod(uid.to_owned());
+        let in_status = self.pools.as_ref().is_some_and(|pools| {
+            let Ok(held) = pools.state.held_by(&owner);
+            !held.is_empty()
+        });
+        in_status
+            || self.blocks.values().flatten().any(|block| {
+                block.allocations.iter().any(|change| match change {
+                    Change::Allocate { holder, .. } => holder.is_owned_by(&owner),
+                    _ => false,
+                })
+            })
     }
 
     /// The blocks holding what `endpoint` lists, in pools allocating from blocks, that were
@@ -399,10 +418,11 @@ pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
                 if !snapshot.namespaces.contains_key(&pod.namespace) {
                     wanted.namespaces.insert(pod.namespace.clone());
                 }
-                // The endpoint names the blocks of what the pod holds, wherever they are.
-                endpoint(&pod, &mut wanted);
                 if let Some(Some(read)) = snapshot.endpoints.get(&pod) {
                     wanted.blocks.extend(snapshot.unread_listed_blocks(&read.object));
+                }
+                if snapshot.endpoint_wanted.contains(&pod) {
+                    endpoint(&pod, &mut wanted);
                 }
                 let Some(read) = snapshot.pods.get(&pod) else {
                     wanted.pods.insert(pod);
@@ -417,6 +437,14 @@ pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
                     node.is_empty() || snapshot.all_blocks || snapshot.node_blocks.contains(node);
                 if !blocks_read {
                     wanted.node_blocks.insert(node.to_owned());
+                }
+                // The endpoint names the blocks of what the pod holds, wherever they are. A pod
+                // that holds nothing where its node reads may still have borrowed from another
+                // node's block; its endpoint, written before the borrow, then exists, and the
+                // round's create of it, made before any block write, is refused and read.
+                let holds = snapshot.pools.is_some() && blocks_read && snapshot.holds(&record.uid);
+                if is_statefulset(record) || holds {
+                    endpoint(&pod, &mut wanted);
                 }
             }
             Call::Del(facts) => {
@@ -925,7 +953,9 @@ fn plan(calls: &[Call], snapshot: &Snapshot) -> Result<Decision, Box<Reads>> {
             },
             _ => continue,
         };
-        if borrowers.contains(&pod) {
+        // An endpoint not read is created before any block: if one exists, nothing is
+        // written before the round reads it.
+        if borrowers.contains(&pod) || !snapshot.endpoints.contains_key(&pod) {
             early_endpoint_writes.push(EndpointWrite { pod, change });
             continue;
         }
@@ -1813,7 +1843,14 @@ impl<E: Clone> Batch<E> {
                 self.fail(&unsettled, error);
                 self.finish();
             }
-            (Some(pod), None) => self.retry(unsettled, Cause::Endpoint(pod)),
+            (Some(pod), None) => {
+                for (write, result) in decision.early_endpoint_writes.iter().zip(&results) {
+                    if matches!(result, Written::Conflict) {
+                        self.snapshot.endpoint_wanted.insert(write.pod.clone());
+                    }
+                }
+                self.retry(unsettled, Cause::Endpoint(pod))
+            }
             (None, None) => self.write_stores(decision),
         }
     }

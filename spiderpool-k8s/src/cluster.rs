@@ -3,7 +3,7 @@
 //! jittered backoff between rounds. Every decision (what to allocate, release, transfer,
 //! commit, retry) is the core's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -94,6 +94,9 @@ pub struct ClusterStore {
     budget: RetryBudget,
     counters: Arc<StoreCounters>,
     node: Option<String>,
+    /// The blocks this store wrote, by node: read by GET, fresh, with those a list from the
+    /// API server's cache names.
+    written_blocks: Arc<std::sync::Mutex<BTreeMap<String, BTreeSet<String>>>>,
 }
 
 impl ClusterStore {
@@ -104,6 +107,7 @@ impl ClusterStore {
             budget: RetryBudget::default(),
             counters: Arc::default(),
             node: None,
+            written_blocks: Arc::default(),
         }
     }
 
@@ -249,9 +253,12 @@ impl ClusterStore {
     }
 
     /// The pools and reserved addresses, with the records of pools that keep them in their
-    /// status.
+    /// status, from the API server's cache: a round's writes are compare-and-swaps of blocks
+    /// (and of the statuses of pools in the earlier format), which a stale read only makes
+    /// conflict, and a consistent list of every pool would wait for the cache to catch up
+    /// (about 55 ms on the test server, most of one ADD).
     async fn read_pools(&self) -> Result<Pools, ApiFailure> {
-        let all = ListParams::default();
+        let all = ListParams::default().match_any();
         let (pools, reserved) = (
             Api::<SpiderIPPool>::all(self.client.clone()),
             Api::<SpiderReservedIP>::all(self.client.clone()),
@@ -279,11 +286,61 @@ impl ClusterStore {
             .collect()
     }
 
+    /// Every block affine to `node`, fresh: those a list from the API server's cache names,
+    /// and those this store wrote, each read by GET (so that a block this node wrote a moment
+    /// ago is read as written, and a list never waits for the cache to catch up).
+    async fn node_blocks(&self, node: &str) -> Result<Vec<Block>, ApiFailure> {
+        let api = Api::<SpiderIPBlock>::all(self.client.clone());
+        let params = ListParams::default()
+            .match_any()
+            .fields(&format!("spec.node={node}"));
+        let listed = api
+            .list_metadata(&params)
+            .await
+            .map_err(|err| ApiFailure::request(format!("listing the SpiderIPBlocks of node {node}"), err))?;
+        let mut names: BTreeSet<String> = listed
+            .items
+            .into_iter()
+            .filter_map(|item| item.metadata.name)
+            .collect();
+        names.extend(self.known_blocks(node));
+        let read = get_each(names, "SpiderIPBlock", |_| api.clone()).await?;
+        let mut blocks = Vec::new();
+        for (name, block) in read {
+            match block {
+                Some(block) => {
+                    let block = block.to_core()?;
+                    // A block another node claimed meanwhile is not this node's.
+                    if block.node == node {
+                        blocks.push(block);
+                    }
+                }
+                None => self.forget_block(node, &name),
+            }
+        }
+        Ok(blocks)
+    }
+
+    fn known_blocks(&self, node: &str) -> BTreeSet<String> {
+        let known = self.written_blocks.lock().expect("the block names' lock");
+        known.get(node).cloned().unwrap_or_default()
+    }
+
+    fn forget_block(&self, node: &str, name: &str) {
+        let mut known = self.written_blocks.lock().expect("the block names' lock");
+        if let Some(names) = known.get_mut(node) {
+            names.remove(name);
+        }
+    }
+
     /// Every block of `pool`, from the objects' metadata: a block whose annotations do not
     /// tell is read whole.
     async fn index_blocks(&self, pool: &str) -> Result<Vec<IndexedBlock>, ApiFailure> {
         let api = Api::<SpiderIPBlock>::all(self.client.clone());
-        let params = ListParams::default().fields(&format!("spec.pool={pool}"));
+        // From the cache: a claim of a block listed late is a create that conflicts.
+        let params = ListParams::default()
+            .match_any()
+            .fields(&format!("spec.pool={pool}"));
         let listed = api
             .list_metadata(&params)
             .await
@@ -337,9 +394,8 @@ impl ClusterStore {
         let blocks_api = || Api::<SpiderIPBlock>::all(client.clone());
         let (blocks_read, (pools, everything, pods, namespaces, nodes, endpoints, statefulsets)) = tokio::join!(
             async {
-                let of_nodes = futures::future::try_join_all(node_blocks.iter().map(|node| {
-                    self.list_blocks(ListParams::default().fields(&format!("spec.node={node}")))
-                }));
+                let of_nodes =
+                    futures::future::try_join_all(node_blocks.iter().map(|node| self.node_blocks(node)));
                 let indexes =
                     futures::future::try_join_all(block_index.iter().map(|pool| self.index_blocks(pool)));
                 let named = get_each(blocks.clone(), "SpiderIPBlock", |_| blocks_api());
@@ -539,6 +595,13 @@ impl ClusterStore {
                 classify(api.delete(&write.name, &params).await.map(|_| ()), true, action)
             }
         };
+        if let (Written::Done, Some(spec)) = (&outcome, write.spec()) {
+            let mut known = self.written_blocks.lock().expect("the block names' lock");
+            known
+                .entry(spec.node.clone())
+                .or_default()
+                .insert(write.name.clone());
+        }
         match (&outcome, &write.change) {
             (Written::Done, BlockChange::Create(_)) => {
                 self.counters.block_claims.fetch_add(1, Ordering::Relaxed);
