@@ -198,31 +198,23 @@ pub fn allocate<S: AllocationState + ?Sized>(
     state: &S,
     request: &Request,
 ) -> Result<Plan, AllocateError<S::Error>> {
-    Engine {
-        catalog,
-        state,
-        request,
-        explain: false,
-        blocks: None,
-    }
-    .run()
-    .1
+    allocate_with(catalog, state, request, None)
 }
 
-/// [`allocate`] in a cluster: pools that `blocks` manages hand out addresses from the blocks
-/// of the request's node first ([`crate::block`]).
-pub(crate) fn allocate_in_blocks<S: AllocationState + ?Sized>(
+/// [`allocate`]; in a cluster (`blocks`), pools allocating from blocks hand out addresses from
+/// the blocks of the request's node first ([`crate::block`]).
+pub(crate) fn allocate_with<S: AllocationState + ?Sized>(
     catalog: &PoolCatalog,
     state: &S,
     request: &Request,
-    blocks: &BlockView,
+    blocks: Option<&BlockView>,
 ) -> Result<Plan, AllocateError<S::Error>> {
     Engine {
         catalog,
         state,
         request,
         explain: false,
-        blocks: Some(blocks),
+        blocks,
     }
     .run()
     .1

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::allocate::{AllocateError, Plan, allocate_in_blocks, release_attachment};
+use crate::allocate::{AllocateError, Plan, allocate_with, release_attachment};
 use crate::block::{
     Block, BlockEntry, BlockNeeds, BlockSpec, BlockView, IndexedBlock, PoolBlocks, block_name, block_range,
     block_spec,
@@ -171,19 +171,10 @@ impl Pools {
         }
     }
 
-    /// Every address held, with its holder, in pool then address order.
+    /// Every address the statuses read hold (not the blocks'), with its holder, in pool then
+    /// address order.
     pub fn held(&self) -> Vec<HeldAddress> {
-        self.statuses
-            .keys()
-            .flat_map(|pool| {
-                let Ok(allocations) = self.state.allocations(pool);
-                allocations.into_iter().map(move |(address, holder)| HeldAddress {
-                    pool: pool.clone(),
-                    address,
-                    holder,
-                })
-            })
-            .collect()
+        held_in(&self.state, self.statuses.keys().map(String::as_str))
     }
 
     /// The status `pool` gets from `state`: the engine's [`pool_status`] for a valid pool; for
@@ -1326,7 +1317,7 @@ impl Work<'_> {
         let _ = self.apply(leftovers, "");
         // A refused ADD keeps the releases and transfers above: the releases were garbage, and
         // transferred records stay uncommitted for the pod's next ADD or the collector.
-        let plan = allocate_in_blocks(self.catalog, &self.state, &request, &self.view)?;
+        let plan = allocate_with(self.catalog, &self.state, &request, Some(&self.view))?;
         if self.apply(plan.changes.clone(), &request.node.name) {
             self.borrowers.insert(pod.clone());
         }

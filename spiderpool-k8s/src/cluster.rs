@@ -72,8 +72,6 @@ pub struct StoreCounters {
     pub block_writes: AtomicU64,
     /// Blocks created: claims that succeeded.
     pub block_claims: AtomicU64,
-    /// The largest block or pool status written, in bytes of JSON.
-    pub largest_write: AtomicU64,
     /// Pool status writes refused with a conflict (409).
     pub conflicts: AtomicU64,
 }
@@ -542,9 +540,6 @@ impl ClusterStore {
                 .or_insert(serde_json::Value::Null);
         }
         let patch = json!({"metadata": {"resourceVersion": write.version}, "status": status});
-        self.counters
-            .largest_write
-            .fetch_max(patch.to_string().len() as u64, Ordering::Relaxed);
         let api: Api<SpiderIPPool> = Api::all(self.client.clone());
         let written = api
             .patch_status(&write.pool, &PatchParams::default(), &Patch::Merge(&patch))
@@ -564,12 +559,6 @@ impl ClusterStore {
     async fn write_block(&self, write: &BlockWrite) -> Written<ApiFailure> {
         let api: Api<SpiderIPBlock> = Api::all(self.client.clone());
         let action = || format!("writing SpiderIPBlock {}", write.name);
-        if let Some(spec) = write.spec() {
-            let size = serde_json::to_string(spec).map_or(0, |text| text.len());
-            self.counters
-                .largest_write
-                .fetch_max(size as u64, Ordering::Relaxed);
-        }
         let outcome = match &write.change {
             BlockChange::Create(spec) => {
                 let block = SpiderIPBlock::of(&write.name, spec);
@@ -584,16 +573,11 @@ impl ClusterStore {
                     action,
                 )
             }
-            BlockChange::Delete { version } => {
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        resource_version: Some(version.clone()),
-                        uid: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                classify(api.delete(&write.name, &params).await.map(|_| ()), true, action)
-            }
+            BlockChange::Delete { version } => classify(
+                api.delete(&write.name, &at_version(version)).await.map(|_| ()),
+                true,
+                action,
+            ),
         };
         if let (Written::Done, Some(spec)) = (&outcome, write.spec()) {
             let mut known = self.written_blocks.lock().expect("the block names' lock");
@@ -637,17 +621,23 @@ impl ClusterStore {
                     action,
                 )
             }
-            EndpointChange::Delete { version } => {
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        resource_version: Some(version.clone()),
-                        uid: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                classify(api.delete(&pod.name, &params).await.map(|_| ()), true, action)
-            }
+            EndpointChange::Delete { version } => classify(
+                api.delete(&pod.name, &at_version(version)).await.map(|_| ()),
+                true,
+                action,
+            ),
         }
+    }
+}
+
+/// A delete of the object at `version` only: compare-and-swap.
+fn at_version(version: &str) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: Some(version.to_owned()),
+            uid: None,
+        }),
+        ..DeleteParams::default()
     }
 }
 
