@@ -315,7 +315,7 @@ impl Server {
                     name: name.clone(),
                     start: start.network(),
                     node: stored.object.node.clone(),
-                    allocated: stored.object.allocated_ips.len() as u64,
+                    allocated: stored.object.allocated_ip_count as u64,
                     pool_uid: stored.object.pool_uid.clone(),
                 };
                 snapshot
@@ -1121,8 +1121,13 @@ impl World {
         });
         let pod = kubelet.pod.clone();
         let node = kubelet.node.clone();
-        // The agent knows its node, and tells it with a DEL, where the pod may be gone.
+        // The agent knows its node and tells it with every call, as `ClusterStore::with_node`
+        // does: an ADD reads the node with the pod, a DEL finds the node where the pod is gone.
         let call = match call {
+            Call::Add(mut facts) => {
+                facts.node.get_or_insert_with(|| node.clone());
+                Call::Add(facts)
+            }
             Call::Del(mut facts) => {
                 facts.node.get_or_insert_with(|| node.clone());
                 Call::Del(facts)
@@ -1333,7 +1338,7 @@ impl World {
                         BlockChange::Replace { .. } => "replace",
                         BlockChange::Delete { .. } => "delete",
                     },
-                    write.spec().map_or(0, |spec| spec.allocated_ips.len())
+                    write.spec().map_or(0, |spec| spec.allocated_ip_count as usize)
                 ));
                 running.batch.pool_written(written);
             }
@@ -1957,7 +1962,7 @@ impl Cluster {
             .server
             .blocks
             .values()
-            .map(|b| b.object.allocated_ips.len())
+            .map(|b| b.object.allocated_ip_count as usize)
             .max();
         (self.server.blocks.len(), largest.unwrap_or(0))
     }

@@ -216,7 +216,12 @@ fn a_pool_with_records_in_its_status_serves_them_and_the_collector_moves_them_in
     assert_eq!(status.allocated_ip_count, Some(2));
     let block = cluster.block("a4-10-1-0-8-30").expect("the records' block");
     assert_eq!(
-        block.allocated_ips.keys().collect::<Vec<_>>(),
+        block
+            .records()
+            .unwrap()
+            .keys()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>(),
         ["10.1.0.10", "10.1.0.11"]
     );
     assert_eq!(block.node, "n1", "the node of the first record's pod");

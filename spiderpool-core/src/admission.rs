@@ -196,7 +196,14 @@ mod tests {
             pool_uid: pool_uid.into(),
             cidr: "10.6.168.64/26".into(),
             node: "n1".into(),
-            allocated_ips: [("10.6.168.65".to_string(), record.clone())].into(),
+            allocated_ips: Some(
+                serde_json::to_string(
+                    &[("10.6.168.65", &record)]
+                        .into_iter()
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                )
+                .unwrap(),
+            ),
             allocated_ip_count: 1,
             last_allocated_ip: None,
         };

@@ -389,7 +389,8 @@ impl Reads {
 }
 
 /// What `calls` still need read, given what `snapshot` holds. Reads come in stages: the pools,
-/// pods and namespaces first; then the nodes, and the endpoints of pods that hold addresses
+/// pods and namespaces first (with the node and its blocks when the call names its node, as
+/// an agent's do); then the nodes, and the endpoints of pods that hold addresses
 /// already or belong to a StatefulSet (a new pod has none to read); then the StatefulSets
 /// whose DEL may keep their addresses.
 pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
@@ -414,6 +415,15 @@ pub fn reads(calls: &[Call], snapshot: &Snapshot) -> Reads {
                 }
                 if snapshot.endpoint_wanted.contains(&pod) {
                     endpoint(&pod, &mut wanted);
+                }
+                // A node the call names (an agent's own) is read with the pod, not after it.
+                if let Some(node) = facts.node.as_deref().filter(|node| !node.is_empty()) {
+                    if !snapshot.nodes.contains_key(node) {
+                        wanted.nodes.insert(node.to_owned());
+                    }
+                    if !snapshot.all_blocks && !snapshot.node_blocks.contains(node) {
+                        wanted.node_blocks.insert(node.to_owned());
+                    }
                 }
                 let Some(read) = snapshot.pods.get(&pod) else {
                     wanted.pods.insert(pod);

@@ -139,7 +139,9 @@ pub fn state_from_statuses<'a>(
             problem,
         };
         let records = match status.allocated_ips.as_deref() {
-            Some(text) => parse_allocated_ips(text).map_err(|err| bad(err.to_string()))?,
+            Some(text) => {
+                parse_allocated_ips(text).map_err(|err| bad(format!("status.allocatedIPs: {err}")))?
+            }
             None => BTreeMap::new(),
         };
         let changes = records
@@ -230,7 +232,8 @@ pub struct StatusStateError {
     pub problem: String,
 }
 
-/// Reads `status.allocatedIPs` JSON text, as Spiderpool or [`pool_status`] wrote it.
+/// Reads `allocatedIPs` JSON text, as Spiderpool or [`pool_status`] wrote it in a pool's
+/// status, or a block's spec.
 ///
 /// ```
 /// use spiderpool_core::parse_allocated_ips;
@@ -258,18 +261,18 @@ pub fn parse_allocated_ips(text: &str) -> Result<BTreeMap<IpAddr, AllocationReco
     Ok(records)
 }
 
-/// `status.allocatedIPs` could not be read.
+/// `allocatedIPs` JSON text could not be read; the reader names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocatedIpsError {
     /// Not the expected JSON shape.
-    #[error("status.allocatedIPs: not a JSON object of address to {{\"pod\", \"podUid\"}}: {0}")]
+    #[error("not a JSON object of address to {{\"pod\", \"podUid\"}}: {0}")]
     Json(String),
     /// A key is not an address.
-    #[error("status.allocatedIPs: key {0:?} is not an IP address")]
+    #[error("key {0:?} is not an IP address")]
     BadAddress(String),
     /// Two keys spell the same address.
     #[error(
-        "status.allocatedIPs: {address} is listed twice, as {:?} and {:?}; keep the record of the pod that holds it",
+        "{address} is listed twice, as {:?} and {:?}; keep the record of the pod that holds it",
         spellings[0], spellings[1]
     )]
     Duplicate {

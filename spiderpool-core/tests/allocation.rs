@@ -340,8 +340,18 @@ fn records_read_back_that_could_not_be_written_back_whole_are_refused_by_name() 
         r#"{"fd00::1":{"pod":"default/a","podUid":"u1"},"fd00:0::1":{"pod":"default/b","podUid":"u2"}}"#;
     assert_eq!(
         parse_allocated_ips(twice).unwrap_err().to_string(),
-        "status.allocatedIPs: fd00::1 is listed twice, as \"fd00:0::1\" and \"fd00::1\"; \
+        "fd00::1 is listed twice, as \"fd00:0::1\" and \"fd00::1\"; \
          keep the record of the pod that holds it"
+    );
+    let status = IPPoolStatus {
+        allocated_ips: Some(twice.into()),
+        ..IPPoolStatus::default()
+    };
+    assert_eq!(
+        state_from_statuses([("p", &status)]).unwrap_err().to_string(),
+        "pool p: status.allocatedIPs: fd00::1 is listed twice, as \"fd00:0::1\" and \"fd00::1\"; \
+         keep the record of the pod that holds it",
+        "the reader names the field"
     );
     // A pod not written namespace/name would come back without its pod.
     let status = IPPoolStatus {

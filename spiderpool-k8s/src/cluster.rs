@@ -92,9 +92,37 @@ pub struct ClusterStore {
     budget: RetryBudget,
     counters: Arc<StoreCounters>,
     node: Option<String>,
-    /// The blocks this store wrote, by node: read by GET, fresh, with those a list from the
-    /// API server's cache names.
-    written_blocks: Arc<std::sync::Mutex<BTreeMap<String, BTreeSet<String>>>>,
+    /// The blocks this store last wrote or read, by name: what a node's blocks are read as
+    /// while the API server's cache lists them at the same version or an older one.
+    block_copies: Arc<std::sync::Mutex<BTreeMap<String, BlockCopy>>>,
+}
+
+/// A block as this store last wrote or read it.
+#[derive(Clone)]
+struct BlockCopy {
+    block: Block,
+    kept: Instant,
+}
+
+impl BlockCopy {
+    /// How long a copy the API server's cache does not list yet is trusted: longer than the
+    /// cache lags, shorter than a block emptied and given back stays unnoticed.
+    const UNLISTED: Duration = Duration::from_secs(10);
+
+    /// Whether a list showing the block at `listed` shows this copy or an older version.
+    /// Versions are etcd revisions; one that does not read as a number is taken as newer.
+    fn is_current(&self, listed: Option<&str>) -> bool {
+        let parse = |version: &str| version.parse::<u64>().ok();
+        match (listed.and_then(parse), parse(&self.block.version)) {
+            (Some(listed), Some(copy)) => listed <= copy,
+            _ => false,
+        }
+    }
+
+    /// Whether the copy was kept so recently that a cached list may not show the block yet.
+    fn is_recent(&self) -> bool {
+        self.kept.elapsed() < BlockCopy::UNLISTED
+    }
 }
 
 impl ClusterStore {
@@ -105,13 +133,14 @@ impl ClusterStore {
             budget: RetryBudget::default(),
             counters: Arc::default(),
             node: None,
-            written_blocks: Arc::default(),
+            block_copies: Arc::default(),
         }
     }
 
-    /// The same store serving the calls of `node` (a node agent's): a DEL whose runtime names
-    /// no node is served as this node's, so that what its pod left in the node's blocks is
-    /// found even when the pod and its endpoint are gone.
+    /// The same store serving the calls of `node` (a node agent's): an ADD or DEL whose
+    /// runtime names no node is served as this node's, so that an ADD reads the node and its
+    /// blocks together with the pod, and a DEL finds what its pod left in the node's blocks
+    /// even when the pod and its endpoint are gone.
     pub fn with_node(mut self, node: impl Into<String>) -> ClusterStore {
         self.node = Some(node.into()).filter(|node: &String| !node.is_empty());
         self
@@ -154,6 +183,10 @@ impl ClusterStore {
         let calls = calls
             .into_iter()
             .map(|call| match (call, &self.node) {
+                (Call::Add(mut facts), Some(node)) => {
+                    facts.node.get_or_insert_with(|| node.clone());
+                    Call::Add(facts)
+                }
                 (Call::Del(mut facts), Some(node)) => {
                     facts.node.get_or_insert_with(|| node.clone());
                     Call::Del(facts)
@@ -284,9 +317,13 @@ impl ClusterStore {
             .collect()
     }
 
-    /// Every block affine to `node`, fresh: those a list from the API server's cache names,
-    /// and those this store wrote, each read by GET (so that a block this node wrote a moment
-    /// ago is read as written, and a list never waits for the cache to catch up).
+    /// Every block affine to `node`, as fresh as a GET: the names come from a list of the
+    /// objects' metadata from the API server's cache, with those this store wrote since (which
+    /// the cache may not list yet). A block is read from this store's copy when the list shows
+    /// it at the copy's version or an older one (the cache lags, the copy does not), and by GET
+    /// otherwise: a node's blocks are written by its own agent but for the odd borrow or
+    /// collection, so a batch seldom reads a block whole. A copy out of date only makes the
+    /// block's compare-and-swap conflict, which drops it.
     async fn node_blocks(&self, node: &str) -> Result<Vec<Block>, ApiFailure> {
         let api = Api::<SpiderIPBlock>::all(self.client.clone());
         let params = ListParams::default()
@@ -296,39 +333,62 @@ impl ClusterStore {
             .list_metadata(&params)
             .await
             .map_err(|err| ApiFailure::request(format!("listing the SpiderIPBlocks of node {node}"), err))?;
-        let mut names: BTreeSet<String> = listed
+        let listed: BTreeMap<String, Option<String>> = listed
             .items
             .into_iter()
-            .filter_map(|item| item.metadata.name)
+            .filter_map(|item| Some((item.metadata.name?, item.metadata.resource_version)))
             .collect();
-        names.extend(self.known_blocks(node));
-        let read = get_each(names, "SpiderIPBlock", |_| api.clone()).await?;
-        let mut blocks = Vec::new();
-        for (name, block) in read {
-            match block {
-                Some(block) => {
-                    let block = block.to_core()?;
+        let (mut blocks, mut stale) = (Vec::new(), BTreeSet::new());
+        {
+            let copies = self.block_copies.lock().expect("the block copies' lock");
+            let names = listed.keys().chain(
+                copies
+                    .iter()
+                    .filter(|(_, copy)| copy.block.node == node)
+                    .map(|(name, _)| name),
+            );
+            for name in names.collect::<BTreeSet<_>>() {
+                match (copies.get(name), listed.get(name)) {
+                    (Some(copy), Some(version)) if copy.is_current(version.as_deref()) => {
+                        blocks.push(copy.block.clone())
+                    }
+                    (Some(copy), None) if copy.is_recent() => blocks.push(copy.block.clone()),
+                    _ => {
+                        stale.insert(name.clone());
+                    }
+                }
+            }
+        }
+        for (name, read) in get_each(stale, "SpiderIPBlock", |_| api.clone()).await? {
+            match read {
+                Some(object) => {
+                    let block = object.to_core()?;
+                    self.keep_copy(&block);
                     // A block another node claimed meanwhile is not this node's.
                     if block.node == node {
                         blocks.push(block);
                     }
                 }
-                None => self.forget_block(node, &name),
+                None => self.drop_copy(&name),
             }
         }
         Ok(blocks)
     }
 
-    fn known_blocks(&self, node: &str) -> BTreeSet<String> {
-        let known = self.written_blocks.lock().expect("the block names' lock");
-        known.get(node).cloned().unwrap_or_default()
+    fn keep_copy(&self, block: &Block) {
+        let mut copies = self.block_copies.lock().expect("the block copies' lock");
+        copies.insert(
+            block.name.clone(),
+            BlockCopy {
+                block: block.clone(),
+                kept: Instant::now(),
+            },
+        );
     }
 
-    fn forget_block(&self, node: &str, name: &str) {
-        let mut known = self.written_blocks.lock().expect("the block names' lock");
-        if let Some(names) = known.get_mut(node) {
-            names.remove(name);
-        }
+    fn drop_copy(&self, name: &str) {
+        let mut copies = self.block_copies.lock().expect("the block copies' lock");
+        copies.remove(name);
     }
 
     /// Every block of `pool`, from the objects' metadata: a block whose annotations do not
@@ -559,33 +619,33 @@ impl ClusterStore {
     async fn write_block(&self, write: &BlockWrite) -> Written<ApiFailure> {
         let api: Api<SpiderIPBlock> = Api::all(self.client.clone());
         let action = || format!("writing SpiderIPBlock {}", write.name);
-        let outcome = match &write.change {
+        let written = match &write.change {
             BlockChange::Create(spec) => {
                 let block = SpiderIPBlock::of(&write.name, spec);
-                classify(api.create(&PostParams::default(), &block).await, false, action)
+                api.create(&PostParams::default(), &block).await.map(Some)
             }
             BlockChange::Replace { version, spec } => {
                 let mut block = SpiderIPBlock::of(&write.name, spec);
                 block.metadata.resource_version = Some(version.clone());
-                classify(
-                    api.replace(&write.name, &PostParams::default(), &block).await,
-                    false,
-                    action,
-                )
+                api.replace(&write.name, &PostParams::default(), &block)
+                    .await
+                    .map(Some)
             }
-            BlockChange::Delete { version } => classify(
-                api.delete(&write.name, &at_version(version)).await.map(|_| ()),
-                true,
-                action,
-            ),
+            BlockChange::Delete { version } => {
+                api.delete(&write.name, &at_version(version)).await.map(|_| None)
+            }
         };
-        if let (Written::Done, Some(spec)) = (&outcome, write.spec()) {
-            let mut known = self.written_blocks.lock().expect("the block names' lock");
-            known
-                .entry(spec.node.clone())
-                .or_default()
-                .insert(write.name.clone());
+        // What was written is the block as this store knows it; a block that conflicted or
+        // went is read again.
+        match &written {
+            Ok(Some(object)) => match object.to_core() {
+                Ok(block) => self.keep_copy(&block),
+                Err(_) => self.drop_copy(&write.name),
+            },
+            _ => self.drop_copy(&write.name),
         }
+        let gone_is_done = matches!(write.change, BlockChange::Delete { .. });
+        let outcome = classify(written, gone_is_done, action);
         match (&outcome, &write.change) {
             (Written::Done, BlockChange::Create(_)) => {
                 self.counters.block_claims.fetch_add(1, Ordering::Relaxed);
