@@ -179,9 +179,10 @@ pub fn serve_agent(socket: &Path, kubeconfig: Option<&Path>) -> Result<(), Strin
     daemon_runtime()?.block_on(async {
         let client = daemon_client(kubeconfig).await?;
         eprintln!("spiderpool agent: serving {}", socket.display());
-        // The DaemonSet gives the agent its node's name (the downward API's spec.nodeName).
+        // The DaemonSet gives the agent its node's name (the downward API's spec.nodeName);
+        // with it the agent watches its node, its pods and blocks, and what every ADD reads.
         let node = std::env::var("NODE_NAME").unwrap_or_default();
-        serve(socket, ClusterStore::new(client).with_node(node))
+        serve(socket, ClusterStore::new(client).with_node(node).watching())
             .await
             .map_err(|err| format!("serving {}: {err}", socket.display()))
     })

@@ -24,6 +24,7 @@ use spiderpool_core::{Block, BlockStateError, IndexedBlock, Plan, PodRef, Runtim
 
 use crate::crd::{SpiderEndpoint, SpiderEndpointSpec, SpiderIPBlock, SpiderIPPool, SpiderReservedIP};
 use crate::facts::{namespace_facts, pod_record, replicas, versioned_endpoint};
+use crate::watch::NodeWatch;
 
 /// Why the store could not read or write.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -95,6 +96,8 @@ pub struct ClusterStore {
     /// The blocks this store last wrote or read, by name: what a node's blocks are read as
     /// while the API server's cache lists them at the same version or an older one.
     block_copies: Arc<std::sync::Mutex<BTreeMap<String, BlockCopy>>>,
+    /// What the node's agent watches ([`ClusterStore::watching`]).
+    watch: Option<Arc<NodeWatch>>,
 }
 
 /// A block as this store last wrote or read it.
@@ -134,6 +137,7 @@ impl ClusterStore {
             counters: Arc::default(),
             node: None,
             block_copies: Arc::default(),
+            watch: None,
         }
     }
 
@@ -143,6 +147,18 @@ impl ClusterStore {
     /// even when the pod and its endpoint are gone.
     pub fn with_node(mut self, node: impl Into<String>) -> ClusterStore {
         self.node = Some(node.into()).filter(|node: &String| !node.is_empty());
+        self
+    }
+
+    /// The same store reading its node, the pods on it, its blocks, the pools, reserved
+    /// addresses and namespaces from watches ([`crate::watch`]) instead of a request per
+    /// batch: what a node's agent uses. The watches run on the current Tokio runtime; a store
+    /// without a node ([`ClusterStore::with_node`]) watches nothing.
+    pub fn watching(mut self) -> ClusterStore {
+        self.watch = self
+            .node
+            .as_deref()
+            .map(|node| Arc::new(NodeWatch::start(&self.client, node)));
         self
     }
 
@@ -180,7 +196,7 @@ impl ClusterStore {
         mut answer: impl FnMut(usize, Result<Outcome, ClusterError>),
     ) -> BatchCost {
         let epoch = Instant::now();
-        let calls = calls
+        let calls: Vec<Call> = calls
             .into_iter()
             .map(|call| match (call, &self.node) {
                 (Call::Add(mut facts), Some(node)) => {
@@ -194,6 +210,7 @@ impl ClusterStore {
                 (call, _) => call,
             })
             .collect();
+        let uids = pod_uids(&calls);
         let mut batch: Batch<ApiFailure> = Batch::new(calls, self.budget, Duration::ZERO);
         loop {
             let Poll { step, answers } = batch.poll(epoch.elapsed());
@@ -202,7 +219,7 @@ impl ClusterStore {
             }
             match step {
                 Step::Read(reads) => {
-                    let read = self.read(reads).await;
+                    let read = self.read(reads, &uids).await;
                     batch.read(read);
                 }
                 Step::WritePool(write) => {
@@ -325,6 +342,9 @@ impl ClusterStore {
     /// collection, so a batch seldom reads a block whole. A copy out of date only makes the
     /// block's compare-and-swap conflict, which drops it.
     async fn node_blocks(&self, node: &str) -> Result<Vec<Block>, ApiFailure> {
+        if let Some(watched) = self.watch.as_deref().and_then(|watch| watch.blocks_of(node)) {
+            return self.watched_node_blocks(node, watched).await;
+        }
         let api = Api::<SpiderIPBlock>::all(self.client.clone());
         let params = ListParams::default()
             .match_any()
@@ -373,6 +393,51 @@ impl ClusterStore {
             }
         }
         Ok(blocks)
+    }
+
+    /// Every block affine to the watched `node`: each at the newer of the watch's version
+    /// and this store's copy, without a request; a copy the watch has not shown for longer
+    /// than a watch lags is read by GET (the block went, or moved to another node).
+    async fn watched_node_blocks(
+        &self,
+        node: &str,
+        watched: Vec<Arc<SpiderIPBlock>>,
+    ) -> Result<Vec<Block>, ApiFailure> {
+        let mut blocks = BTreeMap::new();
+        for object in watched {
+            let block = object.to_core()?;
+            blocks.insert(block.name.clone(), block);
+        }
+        let mut unshown = BTreeSet::new();
+        {
+            let copies = self.block_copies.lock().expect("the block copies' lock");
+            for (name, copy) in copies.iter().filter(|(_, copy)| copy.block.node == node) {
+                match blocks.get(name) {
+                    Some(shown) if copy.is_current(Some(&shown.version)) => {
+                        blocks.insert(name.clone(), copy.block.clone());
+                    }
+                    Some(_) => {}
+                    None if copy.is_recent() => {
+                        blocks.insert(name.clone(), copy.block.clone());
+                    }
+                    None => {
+                        unshown.insert(name.clone());
+                    }
+                }
+            }
+        }
+        let api = Api::<SpiderIPBlock>::all(self.client.clone());
+        for (name, read) in get_each(unshown, "SpiderIPBlock", |_| api.clone()).await? {
+            match read {
+                Some(object) => {
+                    let block = object.to_core()?;
+                    self.keep_copy(&block);
+                    blocks.insert(name, block);
+                }
+                None => self.drop_copy(&name),
+            }
+        }
+        Ok(blocks.into_values().filter(|block| block.node == node).collect())
     }
 
     fn keep_copy(&self, block: &Block) {
@@ -433,8 +498,9 @@ impl ClusterStore {
         Ok(index)
     }
 
-    /// Reads what a round asks for, every read at once.
-    async fn read(&self, reads: Reads) -> Result<Snapshot, ApiFailure> {
+    /// Reads what a round asks for, every read at once: from the watches what they hold
+    /// (a pod only with the UID its call names, `uids`), the rest from the API server.
+    async fn read(&self, reads: Reads, uids: &BTreeMap<PodRef, String>) -> Result<Snapshot, ApiFailure> {
         let Reads {
             pools,
             everything,
@@ -450,6 +516,15 @@ impl ClusterStore {
         } = reads;
         let client = &self.client;
         let blocks_api = || Api::<SpiderIPBlock>::all(client.clone());
+        let watch = self.watch.as_deref();
+        let (pods, cached_pods) = watched(pods, |pod| {
+            let cached = watch?.pods.get(Some(&pod.namespace), &pod.name)?;
+            (cached.metadata.uid.as_ref() == uids.get(pod)).then(|| (*cached).clone())
+        });
+        let (namespaces, cached_namespaces) = watched(namespaces, |name| {
+            Some((*watch?.namespaces.get(None, name)?).clone())
+        });
+        let (nodes, cached_nodes) = watched(nodes, |name| Some((*watch?.nodes.get(None, name)?).clone()));
         let (blocks_read, (pools, everything, pods, namespaces, nodes, endpoints, statefulsets)) = tokio::join!(
             async {
                 let of_nodes =
@@ -468,10 +543,10 @@ impl ClusterStore {
             async {
                 tokio::join!(
                     async {
-                        if pools {
-                            self.read_pools().await.map(Some)
-                        } else {
-                            Ok(None)
+                        match (pools, watch.and_then(NodeWatch::pools)) {
+                            (false, _) => Ok(None),
+                            (true, Some(cached)) => cached.map(Some),
+                            (true, None) => self.read_pools().await.map(Some),
                         }
                     },
                     async {
@@ -512,16 +587,19 @@ impl ClusterStore {
         snapshot.pods.extend(
             pods?
                 .into_iter()
+                .chain(cached_pods)
                 .map(|(pod, read)| (pod, read.as_ref().map(pod_record))),
         );
         snapshot.namespaces.extend(
             namespaces?
                 .into_iter()
+                .chain(cached_namespaces)
                 .map(|(name, read)| (name, read.as_ref().map(namespace_facts))),
         );
         snapshot.nodes.extend(
             nodes?
                 .into_iter()
+                .chain(cached_nodes)
                 .map(|(name, read)| (name, read.map(|node| node.labels().clone()))),
         );
         snapshot.endpoints.extend(
@@ -761,4 +839,34 @@ where
         found.push((key, read));
     }
     Ok(found)
+}
+
+/// The UID each ADD's runtime names for its pod.
+fn pod_uids(calls: &[Call]) -> BTreeMap<PodRef, String> {
+    calls
+        .iter()
+        .filter_map(|call| match call {
+            Call::Add(facts) => Some((facts.pod_ref()?, facts.pod.as_ref()?.uid.clone()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `keys` split into those `cached` does not answer, to read from the API server, and the
+/// objects it answers.
+fn watched<Key: Ord + Clone, K>(
+    keys: BTreeSet<Key>,
+    cached: impl Fn(&Key) -> Option<K>,
+) -> (BTreeSet<Key>, Vec<(Key, Option<K>)>) {
+    let mut unanswered = BTreeSet::new();
+    let mut answered = Vec::new();
+    for key in keys {
+        match cached(&key) {
+            Some(object) => answered.push((key, Some(object))),
+            None => {
+                unanswered.insert(key);
+            }
+        }
+    }
+    (unanswered, answered)
 }

@@ -10,6 +10,7 @@ pub mod crd;
 pub mod facts;
 pub mod gc;
 pub mod multus;
+pub mod watch;
 pub mod webhook;
 
 pub use batch::Batcher;

@@ -759,13 +759,25 @@ fn service_accounts_can_do_what_they_need_and_no_more() {
     const MWC: &str = "mutatingwebhookconfigurations.admissionregistration.k8s.io";
     // The controller's own webhook configuration, the one `--webhook-configuration` names.
     const OURS: &str = "spiderpool";
+    // The agent watches what an ADD reads (ClusterStore::watching) and patches the statuses
+    // of pools in the earlier format (a merge patch carrying the version read).
     let agent_can = [
         ("get", "pods".to_owned()),
+        ("list", "pods".into()),
+        ("watch", "pods".into()),
         ("get", "namespaces".into()),
+        ("watch", "namespaces".into()),
         ("get", "nodes".into()),
+        ("watch", "nodes".into()),
         ("list", format!("spiderippools.{SP}")),
+        ("watch", format!("spiderippools.{SP}")),
         ("list", format!("spiderreservedips.{SP}")),
+        ("watch", format!("spiderreservedips.{SP}")),
         ("update", format!("spiderippools.{SP}/status")),
+        ("patch", format!("spiderippools.{SP}/status")),
+        ("watch", format!("spideripblocks.{SP}")),
+        ("create", format!("spideripblocks.{SP}")),
+        ("update", format!("spideripblocks.{SP}")),
         ("get", format!("spiderendpoints.{SP}")),
         ("create", format!("spiderendpoints.{SP}")),
         ("update", format!("spiderendpoints.{SP}")),
@@ -773,18 +785,16 @@ fn service_accounts_can_do_what_they_need_and_no_more() {
     ];
     let agent_cannot = [
         ("delete", "pods".to_owned()),
-        ("list", "pods".into()),
-        ("watch", "pods".into()),
         ("create", "pods".into()),
+        ("update", "pods".into()),
         ("update", "nodes".into()),
-        ("list", "nodes".into()),
         ("get", "secrets".into()),
         ("list", "secrets".into()),
         ("create", format!("spiderippools.{SP}")),
         ("update", format!("spiderippools.{SP}")),
         ("delete", format!("spiderippools.{SP}")),
-        ("patch", format!("spiderippools.{SP}/status")),
         ("update", format!("spiderreservedips.{SP}")),
+        ("delete", format!("spideripblocks.{SP}")),
         ("list", format!("spiderendpoints.{SP}")),
         ("create", "network-attachment-definitions.k8s.cni.cncf.io".into()),
         ("update", "statefulsets.apps".into()),
@@ -805,6 +815,7 @@ fn service_accounts_can_do_what_they_need_and_no_more() {
         ("list", format!("spiderippools.{SP}")),
         ("watch", format!("spiderippools.{SP}")),
         ("update", format!("spiderippools.{SP}/status")),
+        ("patch", format!("spiderippools.{SP}/status")),
         ("list", format!("spiderreservedips.{SP}")),
         ("watch", format!("spidermultusconfigs.{SP}")),
         ("get", "network-attachment-definitions.k8s.cni.cncf.io".into()),

@@ -136,7 +136,7 @@ async fn run(args: &Args) -> Result<(), String> {
         args.concurrency.map_or("all".to_owned(), |n| n.to_string())
     );
     let setup = Instant::now();
-    create_objects(&direct, &id, &namespace, args).await?;
+    let uids = create_objects(&direct, &id, &namespace, args).await?;
     println!("setup: {:.1} s (not counted)", setup.elapsed().as_secs_f64());
 
     let requests: Vec<(usize, RuntimeFacts)> = (0..args.pods)
@@ -147,7 +147,8 @@ async fn run(args: &Args) -> Result<(), String> {
                 pod: Some(PodIdentity {
                     namespace: namespace.clone(),
                     name: format!("pod-{index}"),
-                    uid: None,
+                    // As the kubelet's runtime passes it (K8S_POD_UID).
+                    uid: Some(uids[index].clone()),
                 }),
                 ..RuntimeFacts::default()
             };
@@ -195,7 +196,8 @@ async fn run(args: &Args) -> Result<(), String> {
             batchers.push(Batcher::spawn(
                 counters_store
                     .with_client(client(&slow_file).await?)
-                    .with_node(format!("{id}-node-{node}")),
+                    .with_node(format!("{id}-node-{node}"))
+                    .watching(),
             ));
         }
     }
@@ -350,8 +352,10 @@ async fn plugin_call(
         .env(
             "CNI_ARGS",
             format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
-                pod.namespace, pod.name
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+                pod.namespace,
+                pod.name,
+                pod.uid.as_deref().unwrap_or_default()
             ),
         )
         .stdin(std::process::Stdio::piped())
@@ -604,7 +608,13 @@ async fn pump(
 }
 
 /// Nodes in two zones, a pool per zone, and the pods, bound round-robin to the nodes.
-async fn create_objects(client: &Client, id: &str, namespace: &str, args: &Args) -> Result<(), String> {
+/// Creates the run's nodes, pools and pods: the UID of each pod, by index.
+async fn create_objects(
+    client: &Client,
+    id: &str,
+    namespace: &str,
+    args: &Args,
+) -> Result<Vec<String>, String> {
     let fail = |what: &str, err: kube::Error| format!("creating {what}: {err}");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let object: Namespace =
@@ -661,6 +671,17 @@ async fn create_objects(client: &Client, id: &str, namespace: &str, args: &Args)
         .collect();
     let annotation = format!(r#"{{"ipv4": [{}]}}"#, names.join(", "));
     let mut creations = tokio::task::JoinSet::new();
+    let mut uids = vec![String::new(); args.pods];
+    let created = |done: Result<(usize, Result<Pod, kube::Error>), tokio::task::JoinError>,
+                   uids: &mut Vec<String>| {
+        let (index, pod) = done.map_err(|err| err.to_string())?;
+        uids[index] = pod
+            .map_err(|err| fail("a pod", err))?
+            .metadata
+            .uid
+            .unwrap_or_default();
+        Ok::<(), String>(())
+    };
     for index in 0..args.pods {
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -669,19 +690,17 @@ async fn create_objects(client: &Client, id: &str, namespace: &str, args: &Args)
                      "containers": [{"name": "app", "image": "nginx"}]}
         }))
         .expect("a pod");
-        creations.spawn(async move { pods.create(&PostParams::default(), &pod).await });
+        creations.spawn(async move { (index, pods.create(&PostParams::default(), &pod).await) });
         if creations.len() >= 64
             && let Some(done) = creations.join_next().await
         {
-            done.map_err(|err| err.to_string())?
-                .map_err(|err| fail("a pod", err))?;
+            created(done, &mut uids)?;
         }
     }
     while let Some(done) = creations.join_next().await {
-        done.map_err(|err| err.to_string())?
-            .map_err(|err| fail("a pod", err))?;
+        created(done, &mut uids)?;
     }
-    Ok(())
+    Ok(uids)
 }
 
 /// Deletes what the run created; failures are only reported.
