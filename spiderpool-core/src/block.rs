@@ -397,8 +397,15 @@ impl BlockView {
                 return Ok(Some(address));
             }
         }
+        // Borrowers too start where their node's name hashes to: when a pool is nearly full
+        // its nodes would otherwise all borrow from the lowest block with room, and conflict.
+        let others: Vec<(&u128, &BlockEntry)> = known.blocks.iter().collect();
+        let offset = match others.is_empty() {
+            true => 0,
+            false => (fnv1a(node.as_bytes()) % others.len() as u64) as usize,
+        };
         let mut wanted = Vec::new();
-        for (&start, entry) in &known.blocks {
+        for (&start, entry) in others[offset..].iter().chain(&others[..offset]).copied() {
             if entry.node == node && entry.read {
                 continue;
             }
