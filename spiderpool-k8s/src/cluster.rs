@@ -26,6 +26,11 @@ use crate::crd::{SpiderEndpoint, SpiderEndpointSpec, SpiderIPBlock, SpiderIPPool
 use crate::facts::{namespace_facts, pod_record, replicas, versioned_endpoint};
 use crate::watch::NodeWatch;
 
+/// The most requests of one kind a batch has in flight at once (its endpoint writes, its
+/// GETs): a node's hundreds of pods starting together would otherwise open as many
+/// connections to the API server at once.
+pub const REQUESTS_IN_FLIGHT: usize = 32;
+
 /// Why the store could not read or write.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiFailure {
@@ -232,8 +237,7 @@ impl ClusterStore {
                 }
                 Step::WriteEndpoints(writes) => {
                     let writes = writes.to_vec();
-                    let results =
-                        futures::future::join_all(writes.iter().map(|w| self.write_endpoint(w))).await;
+                    let results = at_most_in_flight(writes.iter().map(|w| self.write_endpoint(w))).await;
                     batch.endpoints_written(results);
                 }
                 Step::Wait(ceiling) => {
@@ -834,7 +838,7 @@ where
         }
     });
     let mut found = Vec::new();
-    for (key, read) in futures::future::join_all(reads).await {
+    for (key, read) in at_most_in_flight(reads).await {
         let read = read.map_err(|err| ApiFailure::request(format!("reading {what} {key}"), err))?;
         found.push((key, read));
     }
@@ -869,4 +873,15 @@ fn watched<Key: Ord + Clone, K>(
         }
     }
     (unanswered, answered)
+}
+
+/// Runs `requests`, [`REQUESTS_IN_FLIGHT`] at a time: their answers in their order.
+async fn at_most_in_flight<F: std::future::Future>(requests: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let limit = tokio::sync::Semaphore::new(REQUESTS_IN_FLIGHT);
+    let limit = &limit;
+    futures::future::join_all(requests.into_iter().map(|request| async move {
+        let _permit = limit.acquire().await.expect("the semaphore is never closed");
+        request.await
+    }))
+    .await
 }
