@@ -18,9 +18,10 @@ of --kubeconfig whose context names the bench namespace (--namespace, created if
 never deleted: this API server may have no controller manager to finalize a deletion); all
 IPPools, OverlappingRangeIPReservations and Leases in it are deleted before and after the run.
 Whereabouts' log level is left at its default (debug, to stderr) unless --log-level is given;
-stderr is read per call to count retried pool updates (PATCH conflicts), pool creations and
-lost Lease create/update races (client-go logs lease waits themselves only at -v=4, which
-the plugin cannot be given, so waiting for the lease shows as latency only).
+stderr is read per call to count retried pool updates (PATCH conflicts), pool creations, lost
+races for the free Lease, and failed lease renewals and releases (see Whereabouts.counts;
+client-go logs a wait for a held lease only at -v=4, which the plugin cannot be given, so
+such waits show as latency only).
 
 Per level (--levels): the pool is prefilled, untimed, with real ADDs of distinct containers
 (pod prefill-N) until it holds that many allocations; then --sequential iterations, each one
@@ -33,7 +34,12 @@ addresses given out are distinct and that the pool holds exactly that many alloc
 Usage:
   scripts/bench-whereabouts.py --kubeconfig /tmp/k8s-wb/kubeconfig [--whereabouts PATH]
         [--levels 0,1000] [--sequential 200] [--concurrent 200] [--prefill-jobs 1]
-        [--namespace wb-bench] [--range 10.200.0.0/16] [--log-level LEVEL] [--keep]
+        [--namespace wb-bench] [--range 10.200.0.0/16] [--log-level LEVEL]
+        [--log-dir DIR] [--keep]
+
+Each measured phase also prints the API server's own time per request kind (from its
+apiserver_request_duration_seconds metric, read before and after the phase), to tell server
+time from client time.
 
 Standard library only; calls kubectl (on PATH or --kubectl) for setup, checks and cleanup.
 """
@@ -95,8 +101,9 @@ class Kubectl:
 class Whereabouts:
     """One CNI call = one process, as a runtime makes it."""
 
-    def __init__(self, binary, workdir, ipam_range, log_level):
+    def __init__(self, binary, workdir, ipam_range, log_level, log_dir=None):
         self.binary = binary
+        self.log_dir = log_dir
         self.workdir = workdir
         self.cni_path = os.path.dirname(os.path.abspath(binary))
         ipam = {
@@ -114,10 +121,16 @@ class Whereabouts:
             "ipam": ipam,
         }).encode()
         self.lock = threading.Lock()
-        # Calls (from their stderr) whose pool PATCH failed and was retried (a resourceVersion
-        # conflict), whose pool GET was retried (the call that created the pool retries
-        # once), and whose Lease create/update failed (two callers raced for the lease).
-        self.counts = {"update_retries": 0, "pool_created": 0, "lease_conflicts": 0}
+        # Calls (from their stderr, client-go's leader election logs included) whose pool PATCH
+        # failed and was retried (a resourceVersion conflict); whose pool GET was retried (the
+        # call that created the pool retries once); that lost a race to take the free Lease
+        # (its create or update conflicted with another caller's, and it polled again); whose
+        # lease renewal failed while it held the lease (the renewal missed the 1 s renew
+        # deadline, or was cut by the call's own end: leadership is then lost, but the call
+        # goes on); and whose release of the lease failed (the lease then stays held for its
+        # 1 s duration, and the next caller waits for it to expire).
+        self.counts = {"update_retries": 0, "pool_created": 0, "lease_races": 0,
+                       "renew_failures": 0, "release_failures": 0}
         self.stderr_samples = []
 
     def env(self, command, container, pod):
@@ -152,7 +165,8 @@ class Whereabouts:
             except (ValueError, KeyError, IndexError):
                 ok = False
                 stderr += f"\n[bench] unexpected ADD result: {done.stdout[:500]!r}"
-        self.account(stderr)
+        if self.account(stderr) or not ok:
+            self.keep_log(command, container, pod, done.returncode, stderr)
         if not ok and len(self.stderr_samples) < 3:
             self.stderr_samples.append(
                 f"{command} {container[:12]} exit {done.returncode}: "
@@ -163,19 +177,29 @@ class Whereabouts:
         found = {
             "update_retries": "IPAM error updating pool" in stderr,
             "pool_created": "IPAM error reading pool" in stderr,
-            "lease_conflicts": ("Failed to update lock" in stderr
-                                or "error initially creating leader election record" in stderr),
+            "lease_races": ("Failed to update lock: " in stderr
+                            or "error initially creating leader election record" in stderr),
+            "renew_failures": "failed to renew lease" in stderr,
+            "release_failures": "Failed to release lock" in stderr,
         }
         with self.lock:
             for key, hit in found.items():
                 self.counts[key] += hit
+        return any(hit for key, hit in found.items() if key != "pool_created")
+
+    def keep_log(self, command, container, pod, returncode, stderr):
+        """With --log-dir: the stderr of a call that failed, retried or lost a lease race."""
+        if self.log_dir:
+            name = os.path.join(self.log_dir, f"{pod}-{command}.log")
+            with open(name, "w") as log:
+                log.write(f"# {command} {container} pod {pod}: exit {returncode}\n{stderr}")
 
     def counted_since(self, before):
-        return (f"calls that retried a pool update (conflict): "
-                f"{self.counts['update_retries'] - before['update_retries']}, that created "
-                f"the pool: {self.counts['pool_created'] - before['pool_created']}, that "
-                f"lost a lease create/update race: "
-                f"{self.counts['lease_conflicts'] - before['lease_conflicts']}")
+        new = {key: self.counts[key] - before[key] for key in self.counts}
+        return (f"calls that retried a pool update (conflict): {new['update_retries']}, "
+                f"created the pool: {new['pool_created']}, lost a race for the free lease: "
+                f"{new['lease_races']}, failed a lease renewal while holding it: "
+                f"{new['renew_failures']}, failed to release it: {new['release_failures']}")
 
     def about(self):
         done = subprocess.run([self.binary], stdin=subprocess.DEVNULL, capture_output=True,
@@ -277,6 +301,43 @@ def concurrent(wb, count):
     return total, spread, results
 
 
+def server_metrics(kubectl):
+    """API server request time, per (resource, verb), of the objects Whereabouts uses:
+    {(resource, verb): [seconds, count]} from apiserver_request_duration_seconds."""
+    done = kubectl.run("get", "--raw", "/metrics", namespaced=False, check=False)
+    totals = {}
+    for line in done.stdout.splitlines():
+        for suffix, index in (("_sum{", 0), ("_count{", 1)):
+            head = "apiserver_request_duration_seconds" + suffix
+            if not line.startswith(head):
+                continue
+            labels, value = line[len(head):].rsplit("} ", 1)
+            fields = dict(item.split("=", 1) for item in labels.split(",") if "=" in item)
+            fields = {k: v.strip('"') for k, v in fields.items()}
+            if fields.get("group") == "whereabouts.cni.cncf.io" or fields.get("resource") == "leases":
+                key = (fields.get("resource", "?"), fields.get("verb", "?"))
+                totals.setdefault(key, [0.0, 0])[index] += float(value)
+    return totals
+
+
+def server_report(before, after, calls):
+    """One line: mean server time per request kind between two snapshots, and per call."""
+    short = {"ippools": "pool", "overlappingrangeipreservations": "reservation",
+             "leases": "lease"}
+    parts, total = [], 0.0
+    for key in sorted(after):
+        seconds = after[key][0] - before.get(key, [0.0, 0])[0]
+        count = after[key][1] - before.get(key, [0.0, 0])[1]
+        if count <= 0:
+            continue
+        total += seconds
+        parts.append(f"{short.get(key[0], key[0])} {key[1]} {int(count)}x {seconds / count * 1000:.1f}")
+    if not parts:
+        return "no API server metrics"
+    return (f"API server time per request, mean ms: {', '.join(parts)}; "
+            f"{total / max(calls, 1) * 1000:.1f} ms of server time per call")
+
+
 def load_average():
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -296,6 +357,9 @@ def main():
     parser.add_argument("--range", default="10.200.0.0/16")
     parser.add_argument("--log-level", default="",
                         help="Whereabouts log_level (default: unset, i.e. debug to stderr)")
+    parser.add_argument("--log-dir", default="",
+                        help="write there the stderr of every call that failed, retried a pool "
+                             "update, lost a lease race or failed to renew or release the lease")
     parser.add_argument("--keep", action="store_true",
                         help="keep the objects and the work directory at the end")
     args = parser.parse_args()
@@ -333,7 +397,10 @@ def main():
         admin.run("create", "namespace", args.namespace, namespaced=False)
     clean(admin)
 
-    wb = Whereabouts(os.path.abspath(args.whereabouts), workdir, str(net), args.log_level)
+    if args.log_dir:
+        os.makedirs(args.log_dir, exist_ok=True)
+    wb = Whereabouts(os.path.abspath(args.whereabouts), workdir, str(net), args.log_level,
+                     args.log_dir or None)
     pool_name = str(net).replace("/", "-")  # Whereabouts' name for it (no network_name set)
 
     floor = [wb.version()[0] for _ in range(20)]
@@ -368,8 +435,11 @@ def main():
                     f"not {level}")
             print(f"  prefilled {level} allocations by real ADDs in "
                   f"{time.monotonic() - t0:.1f} s (untimed)", flush=True)
+        print(f"  level {level}: load average at start {load_average()}", flush=True)
         before = dict(wb.counts)
+        metrics = server_metrics(admin)
         adds, dels = sequential(wb, level, args.sequential)
+        metrics = server_report(metrics, server_metrics(admin), 2 * len(adds))
         held = pool_allocations(admin, pool_name)
         if (held is None and level) or (held is not None and len(held) != level):
             die(f"level {level}: after ADD+DEL pairs the pool holds "
@@ -380,14 +450,18 @@ def main():
               f"max {amax:.1f} ms ({len(adds)} calls)")
         print(f"whereabouts level {level}: sequential DEL p50 {d50:.1f} ms, p90 {d90:.1f} ms, "
               f"max {dmax:.1f} ms ({len(dels)} calls)")
-        print(f"  level {level}: {wb.counted_since(before)}", flush=True)
+        print(f"  level {level}: {wb.counted_since(before)}")
+        print(f"  level {level}: {metrics}", flush=True)
         rows.append((level, "ADD", len(adds), a50, a90, a99, amax))
         rows.append((level, "DEL", len(dels), d50, d90, d99, dmax))
 
     if args.concurrent > 0:
         clean(admin)  # a fresh range: no pool, no reservations, no lease
+        print(f"  concurrent: load average at start {load_average()}", flush=True)
         before = dict(wb.counts)
+        metrics = server_metrics(admin)
         total, spread, results = concurrent(wb, args.concurrent)
+        metrics = server_report(metrics, server_metrics(admin), args.concurrent)
         failed = [r for r in results if not r[1]]
         ips = [r[2] for r in results if r[1]]
         latencies = [r[0] for r in results if r[1]]
@@ -404,6 +478,7 @@ def main():
                   f"{len(held)} allocations, {reservations} OverlappingRangeIPReservations")
         print(f"  concurrent: {wb.counted_since(before)}; failures on the 2-minute ADD time "
               f"limit: {timeouts}")
+        print(f"  concurrent: {metrics}")
         if len(set(ips)) != len(ips):
             print("  ERROR: duplicate addresses were given out")
         if len(held) != len(ips):
