@@ -29,7 +29,8 @@ use crate::pool::Pool;
 use crate::range::{IpSet, IpVersion, address_value};
 use crate::state::{AllocationState, Change, Holder};
 use crate::status::{
-    AllocatedIpsError, AllocationRecord, allocation_record, parse_allocated_ips, record_allocation,
+    AllocatedIpsError, AllocationRecord, allocated_ips_text, allocation_record, parse_allocated_ips,
+    record_allocation,
 };
 
 /// The spec of a `SpiderIPBlock`: a block of a pool, its node, and the records of its
@@ -133,6 +134,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Where `node` starts searching `len` blocks: its name's hash, so that the nodes of a zone
+/// searching at once start apart (0 when there is nothing to search).
+fn spread(node: &str, len: usize) -> usize {
+    match len {
+        0 => 0,
+        len => (fnv1a(node.as_bytes()) % len as u64) as usize,
+    }
 }
 
 /// The name of the block of `pool` that holds `address`.
@@ -279,8 +289,7 @@ pub(crate) fn block_spec<'a>(
         cidr: format!("{}/{prefix}", family.address(low)),
         node: node.to_owned(),
         allocated_ip_count: i64::try_from(allocated_ips.len()).unwrap_or(i64::MAX),
-        allocated_ips: (!allocated_ips.is_empty())
-            .then(|| serde_json::to_string(&allocated_ips).expect("records serialize to JSON")),
+        allocated_ips: allocated_ips_text(&allocated_ips),
         last_allocated_ip: cursor.map(|value| family.address(value).to_string()),
     }
 }
@@ -385,9 +394,9 @@ impl BlockView {
         // without blocks); later claims start where the node's name hashes to, so that the
         // nodes of a zone claiming at once do not all race for the same block.
         let starts: Vec<u128> = block_starts(pool.allocatable(), prefix).collect();
-        let offset = match known.blocks.is_empty() || starts.is_empty() {
+        let offset = match known.blocks.is_empty() {
             true => 0,
-            false => (fnv1a(node.as_bytes()) % starts.len() as u64) as usize,
+            false => spread(node, starts.len()),
         };
         for index in 0..starts.len() {
             let start = starts[(offset + index) % starts.len()];
@@ -400,10 +409,7 @@ impl BlockView {
         // Borrowers too start where their node's name hashes to: when a pool is nearly full
         // its nodes would otherwise all borrow from the lowest block with room, and conflict.
         let others: Vec<(&u128, &BlockEntry)> = known.blocks.iter().collect();
-        let offset = match others.is_empty() {
-            true => 0,
-            false => (fnv1a(node.as_bytes()) % others.len() as u64) as usize,
-        };
+        let offset = spread(node, others.len());
         let mut wanted = Vec::new();
         for (&start, entry) in others[offset..].iter().chain(&others[..offset]).copied() {
             if entry.node == node && entry.read {

@@ -106,8 +106,7 @@ pub fn held_status<S: AllocationState + ?Sized>(
         .collect();
     Ok(IPPoolStatus {
         allocated_ip_count: Some(i64::try_from(records.len()).unwrap_or(i64::MAX)),
-        allocated_ips: (!records.is_empty())
-            .then(|| serde_json::to_string(&records).expect("records serialize to JSON")),
+        allocated_ips: allocated_ips_text(&records),
         total_ip_count,
         last_allocated_ip: state.cursor(pool)?.map(|address| address.to_string()),
     })
@@ -230,6 +229,12 @@ pub struct StatusStateError {
     pub pool: String,
     /// What is wrong, naming the field.
     pub problem: String,
+}
+
+/// The `allocatedIPs` JSON text of `records` (a pool's status, a block's spec): absent when
+/// there are none, as Spiderpool writes it.
+pub(crate) fn allocated_ips_text(records: &BTreeMap<String, AllocationRecord>) -> Option<String> {
+    (!records.is_empty()).then(|| serde_json::to_string(records).expect("records serialize to JSON"))
 }
 
 /// Reads `allocatedIPs` JSON text, as Spiderpool or [`pool_status`] wrote it in a pool's

@@ -105,6 +105,13 @@ pub struct ClusterStore {
     watch: Option<Arc<NodeWatch>>,
 }
 
+/// A block as a watch or a list shows it: its version, and the object when a watch shows it
+/// whole.
+struct Shown {
+    version: Option<String>,
+    object: Option<Arc<SpiderIPBlock>>,
+}
+
 /// A block as this store last wrote or read it.
 #[derive(Clone)]
 struct BlockCopy {
@@ -338,100 +345,94 @@ impl ClusterStore {
             .collect()
     }
 
-    /// Every block affine to `node`, as fresh as a GET: the names come from a list of the
-    /// objects' metadata from the API server's cache, with those this store wrote since (which
-    /// the cache may not list yet). A block is read from this store's copy when the list shows
-    /// it at the copy's version or an older one (the cache lags, the copy does not), and by GET
-    /// otherwise: a node's blocks are written by its own agent but for the odd borrow or
-    /// collection, so a batch seldom reads a block whole. A copy out of date only makes the
-    /// block's compare-and-swap conflict, which drops it.
+    /// Every block affine to `node`, as fresh as a GET. The watch of the node's agent shows
+    /// them whole; without it (another node's blocks, a store without watches) a list of the
+    /// objects' metadata from the API server's cache shows their names and versions.
     async fn node_blocks(&self, node: &str) -> Result<Vec<Block>, ApiFailure> {
-        if let Some(watched) = self.watch.as_deref().and_then(|watch| watch.blocks_of(node)) {
-            return self.watched_node_blocks(node, watched).await;
-        }
-        let api = Api::<SpiderIPBlock>::all(self.client.clone());
-        let params = ListParams::default()
-            .match_any()
-            .fields(&format!("spec.node={node}"));
-        let listed = api
-            .list_metadata(&params)
-            .await
-            .map_err(|err| ApiFailure::request(format!("listing the SpiderIPBlocks of node {node}"), err))?;
-        let listed: BTreeMap<String, Option<String>> = listed
-            .items
-            .into_iter()
-            .filter_map(|item| Some((item.metadata.name?, item.metadata.resource_version)))
-            .collect();
-        let (mut blocks, mut stale) = (Vec::new(), BTreeSet::new());
+        let shown = match self.watch.as_deref().and_then(|watch| watch.blocks_of(node)) {
+            Some(watched) => watched
+                .into_iter()
+                .filter_map(|object| {
+                    let version = object.metadata.resource_version.clone();
+                    Some((
+                        object.metadata.name.clone()?,
+                        Shown {
+                            version,
+                            object: Some(object),
+                        },
+                    ))
+                })
+                .collect(),
+            None => {
+                let api = Api::<SpiderIPBlock>::all(self.client.clone());
+                let params = ListParams::default()
+                    .match_any()
+                    .fields(&format!("spec.node={node}"));
+                let listed = api.list_metadata(&params).await.map_err(|err| {
+                    ApiFailure::request(format!("listing the SpiderIPBlocks of node {node}"), err)
+                })?;
+                listed
+                    .items
+                    .into_iter()
+                    .filter_map(|item| {
+                        let version = item.metadata.resource_version;
+                        Some((
+                            item.metadata.name?,
+                            Shown {
+                                version,
+                                object: None,
+                            },
+                        ))
+                    })
+                    .collect()
+            }
+        };
+        self.fresh_blocks(node, shown).await
+    }
+
+    /// The blocks of `node` that `shown` shows, with those this store wrote since (which a
+    /// cache may not show yet). A block is this store's copy when `shown` has it at the copy's
+    /// version or an older one (a cache lags, the copy does not), else the object shown whole,
+    /// else a GET: a node's blocks are written by its own agent but for the odd borrow or
+    /// collection, so a batch seldom reads one. A copy out of date only makes the block's
+    /// compare-and-swap conflict, which drops it; a copy no cache shows for longer than one
+    /// lags is read again (the block went, or moved to another node).
+    async fn fresh_blocks(
+        &self,
+        node: &str,
+        shown: BTreeMap<String, Shown>,
+    ) -> Result<Vec<Block>, ApiFailure> {
+        let (mut blocks, mut whole, mut stale) = (BTreeMap::new(), Vec::new(), BTreeSet::new());
         {
             let copies = self.block_copies.lock().expect("the block copies' lock");
-            let names = listed.keys().chain(
-                copies
-                    .iter()
-                    .filter(|(_, copy)| copy.block.node == node)
-                    .map(|(name, _)| name),
-            );
-            for name in names.collect::<BTreeSet<_>>() {
-                match (copies.get(name), listed.get(name)) {
-                    (Some(copy), Some(version)) if copy.is_current(version.as_deref()) => {
-                        blocks.push(copy.block.clone())
+            let mine = copies.iter().filter(|(_, copy)| copy.block.node == node);
+            let names: BTreeSet<&String> = shown.keys().chain(mine.map(|(name, _)| name)).collect();
+            for name in names {
+                match (copies.get(name), shown.get(name)) {
+                    (Some(copy), Some(seen)) if copy.is_current(seen.version.as_deref()) => {
+                        blocks.insert(name.clone(), copy.block.clone());
                     }
-                    (Some(copy), None) if copy.is_recent() => blocks.push(copy.block.clone()),
+                    (Some(copy), None) if copy.is_recent() => {
+                        blocks.insert(name.clone(), copy.block.clone());
+                    }
+                    (
+                        _,
+                        Some(Shown {
+                            object: Some(object), ..
+                        }),
+                    ) => whole.push(object.clone()),
                     _ => {
                         stale.insert(name.clone());
                     }
                 }
             }
         }
-        for (name, read) in get_each(stale, "SpiderIPBlock", |_| api.clone()).await? {
-            match read {
-                Some(object) => {
-                    let block = object.to_core()?;
-                    self.keep_copy(&block);
-                    // A block another node claimed meanwhile is not this node's.
-                    if block.node == node {
-                        blocks.push(block);
-                    }
-                }
-                None => self.drop_copy(&name),
-            }
-        }
-        Ok(blocks)
-    }
-
-    /// Every block affine to the watched `node`: each at the newer of the watch's version
-    /// and this store's copy, without a request; a copy the watch has not shown for longer
-    /// than a watch lags is read by GET (the block went, or moved to another node).
-    async fn watched_node_blocks(
-        &self,
-        node: &str,
-        watched: Vec<Arc<SpiderIPBlock>>,
-    ) -> Result<Vec<Block>, ApiFailure> {
-        let mut blocks = BTreeMap::new();
-        for object in watched {
+        for object in whole {
             let block = object.to_core()?;
             blocks.insert(block.name.clone(), block);
         }
-        let mut unshown = BTreeSet::new();
-        {
-            let copies = self.block_copies.lock().expect("the block copies' lock");
-            for (name, copy) in copies.iter().filter(|(_, copy)| copy.block.node == node) {
-                match blocks.get(name) {
-                    Some(shown) if copy.is_current(Some(&shown.version)) => {
-                        blocks.insert(name.clone(), copy.block.clone());
-                    }
-                    Some(_) => {}
-                    None if copy.is_recent() => {
-                        blocks.insert(name.clone(), copy.block.clone());
-                    }
-                    None => {
-                        unshown.insert(name.clone());
-                    }
-                }
-            }
-        }
         let api = Api::<SpiderIPBlock>::all(self.client.clone());
-        for (name, read) in get_each(unshown, "SpiderIPBlock", |_| api.clone()).await? {
+        for (name, read) in get_each(stale, "SpiderIPBlock", |_| api.clone()).await? {
             match read {
                 Some(object) => {
                     let block = object.to_core()?;
@@ -441,6 +442,7 @@ impl ClusterStore {
                 None => self.drop_copy(&name),
             }
         }
+        // A block another node claimed meanwhile is not this node's.
         Ok(blocks.into_values().filter(|block| block.node == node).collect())
     }
 
@@ -549,7 +551,7 @@ impl ClusterStore {
                     async {
                         match (pools, watch.and_then(NodeWatch::pools)) {
                             (false, _) => Ok(None),
-                            (true, Some(cached)) => cached.map(Some),
+                            (true, Some(cached)) => cached.map(Some).map_err(ApiFailure::from),
                             (true, None) => self.read_pools().await.map(Some),
                         }
                     },

@@ -24,9 +24,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
+use spiderpool_core::StatusStateError;
 use spiderpool_core::round::Pools;
 
-use crate::cluster::ApiFailure;
 use crate::crd::{SpiderIPBlock, SpiderIPPool, SpiderReservedIP};
 
 /// One watched kind: a reflector's store, and whether its first list has arrived.
@@ -119,19 +119,16 @@ impl NodeWatch {
 
 impl NodeWatch {
     /// The pools and reserved addresses as the watches hold them, once both have listed.
-    pub fn pools(&self) -> Option<Result<Pools, ApiFailure>> {
+    pub fn pools(&self) -> Option<Result<Pools, StatusStateError>> {
         let (pools, reserved) = (self.pools.store()?, self.reserved.store()?);
-        Some(
-            Pools::read(
-                pools.state().iter().map(|pool| pool.to_core()).collect(),
-                reserved
-                    .state()
-                    .iter()
-                    .map(|reserved| reserved.to_core())
-                    .collect(),
-            )
-            .map_err(ApiFailure::from),
-        )
+        Some(Pools::read(
+            pools.state().iter().map(|pool| pool.to_core()).collect(),
+            reserved
+                .state()
+                .iter()
+                .map(|reserved| reserved.to_core())
+                .collect(),
+        ))
     }
 
     /// The blocks affine to `node` as the watch holds them, when `node` is the watched one
