@@ -193,6 +193,10 @@ struct Server {
     /// The blocks of each node and of each pool, as a field selector finds them.
     node_index: BTreeMap<String, BTreeSet<String>>,
     pool_index: BTreeMap<String, BTreeSet<String>>,
+    /// The pools' blocks as a list showed them at some moment: when set, a list of a pool's
+    /// blocks shows only those (as they are now), like an API server's watch cache lagging
+    /// behind, which serves lists made from the cache.
+    lagging_index: Option<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Server {
@@ -303,9 +307,12 @@ impl Server {
             let read = self.blocks.get(name).map(|stored| self.block(name, stored));
             snapshot.blocks.insert(name.clone(), read);
         }
+        let index = self.lagging_index.as_ref().unwrap_or(&self.pool_index);
         for pool in &reads.block_index {
-            for name in self.pool_index.get(pool).into_iter().flatten() {
-                let stored = &self.blocks[name];
+            for name in index.get(pool).into_iter().flatten() {
+                let Some(stored) = self.blocks.get(name) else {
+                    continue;
+                };
                 let start = stored
                     .object
                     .cidr
@@ -1944,6 +1951,12 @@ impl Cluster {
             server: Server::with(objects, nodes),
             now: Duration::ZERO,
         }
+    }
+
+    /// From now on a list of a pool's blocks shows only the blocks that exist now, as an API
+    /// server whose watch cache lags behind does.
+    pub fn freeze_block_lists(&mut self) {
+        self.server.lagging_index = Some(self.server.pool_index.clone());
     }
 
     /// The spec of block `name`, when it exists.

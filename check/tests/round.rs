@@ -247,6 +247,21 @@ fn a_pool_with_records_in_its_status_serves_them_and_the_collector_moves_them_in
 }
 
 #[test]
+fn a_claim_refused_on_a_lagging_list_reads_that_block_and_claims_another() {
+    let mut cluster = Cluster::new();
+    // a4 in blocks of 4: 10.1.0.8/30 (.10 .11) and 10.1.0.12/30 (.13 .14 .15).
+    cluster.add_pod("p1", "n1", r#"{"ipv4": ["a4"]}"#, None);
+    cluster.add_pod("p2", "n2", r#"{"ipv4": ["a4"]}"#, None);
+    cluster.freeze_block_lists();
+    assert_eq!(add(&mut cluster, "p1", "s"), ["a4 10.1.0.10"]);
+    // n2's lists still show no block: its first claim, of the lowest block, is refused, and
+    // listing again would show the same. Its endpoint, created before the claim, names the
+    // block: the next round reads it there, and claims the next.
+    assert_eq!(add(&mut cluster, "p2", "s"), ["a4 10.1.0.13"]);
+    assert_eq!(cluster.block("a4-10-1-0-12-30").unwrap().node, "n2");
+}
+
+#[test]
 fn nodes_claim_their_own_blocks_then_borrow_until_the_pool_is_full() {
     let mut cluster = Cluster::new();
     // a4: 10.1.0.10-15 in blocks of 4 (10.1.0.8/30: .10 .11; 10.1.0.12/30: .13 .14 .15,

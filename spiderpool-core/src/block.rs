@@ -9,11 +9,12 @@
 //!   (`lastAllocatedIP`), so a just-released address is not handed out again at once.
 //! - **When they are full it claims an unclaimed block** with a free address: it creates the
 //!   block's object, and a create fails when another node made it first. A pool's first claim
-//!   takes its lowest block; later ones search from where the node's name hashes to, so that
-//!   a zone's nodes claiming at once do not race for one block.
+//!   takes its lowest block; later ones pick among the unclaimed blocks by a hash of the
+//!   node's name and the pool's fill, so that a zone's nodes claiming at once do not race
+//!   for one block, and two that did are unlikely to race again.
 //! - **When no block is unclaimed it borrows**: it allocates from another node's block, a
 //!   compare-and-swap on that block, so that a pool fills to its last address. The other
-//!   node keeps the block.
+//!   node keeps the block. Lenders are picked among the blocks with room like claims.
 //! - Which block an address is in is arithmetic ([`block_range`]); a block's object is named
 //!   after its pool and range ([`block_name`]), so two nodes claiming one block write one
 //!   object.
@@ -136,12 +137,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Where `node` starts searching `len` blocks: its name's hash, so that the nodes of a zone
-/// searching at once start apart (0 when there is nothing to search).
-fn spread(node: &str, len: usize) -> usize {
+/// Where a search of `len` blocks keyed by `key` starts: its hash, so that searches with
+/// other keys start apart (0 when there is nothing to search).
+fn spread(key: &str, len: usize) -> usize {
     match len {
         0 => 0,
-        len => (fnv1a(node.as_bytes()) % len as u64) as usize,
+        len => (fnv1a(key.as_bytes()) % len as u64) as usize,
     }
 }
 
@@ -390,39 +391,46 @@ impl BlockView {
             self.needs.borrow_mut().index.insert(pool.name().to_owned());
             return Ok(None);
         }
-        // The first claim of a pool takes its lowest block (its first address goes first, as
-        // without blocks); later claims start where the node's name hashes to, so that the
-        // nodes of a zone claiming at once do not all race for the same block.
-        let starts: Vec<u128> = block_starts(pool.allocatable(), prefix).collect();
-        let offset = match known.blocks.is_empty() {
-            true => 0,
-            false => spread(node, starts.len()),
+        // A claim or a borrow picks among the blocks that can serve it (unclaimed ones, then
+        // other nodes' with room) from where the node's name and the pool's fill hash to:
+        // nodes searching at once start apart, and two that met on one block (one of them
+        // then refused) see another fill next time and are unlikely to meet again. Walking on
+        // from a fixed hash instead sends most of them to the block after the longest run of
+        // taken ones. The first claim of a pool takes its lowest block, so that its first
+        // address goes first, as without blocks.
+        let fill: u64 = known.blocks.values().map(|entry| entry.allocated).sum();
+        let pick = |len: usize| spread(&format!("{node}/{fill}"), len);
+        let unclaimed: Vec<u128> = block_starts(pool.allocatable(), prefix)
+            .filter(|start| !known.blocks.contains_key(start))
+            .collect();
+        let offset = if known.blocks.is_empty() {
+            0
+        } else {
+            pick(unclaimed.len())
         };
-        for index in 0..starts.len() {
-            let start = starts[(offset + index) % starts.len()];
-            if !known.blocks.contains_key(&start)
-                && let Some(address) = search(start, None)?
-            {
+        for &start in unclaimed[offset..].iter().chain(&unclaimed[..offset]) {
+            if let Some(address) = search(start, None)? {
                 return Ok(Some(address));
             }
         }
-        // Borrowers too start where their node's name hashes to: when a pool is nearly full
-        // its nodes would otherwise all borrow from the lowest block with room, and conflict.
-        let others: Vec<(&u128, &BlockEntry)> = known.blocks.iter().collect();
-        let offset = spread(node, others.len());
+        let lenders: Vec<(u128, &BlockEntry)> = known
+            .blocks
+            .iter()
+            .filter(|(_, entry)| !(entry.node == node && entry.read))
+            .filter(|&(&start, entry)| {
+                u128::from(entry.allocated)
+                    < count_within(pool.allocatable(), block_range(version, start, prefix))
+            })
+            .map(|(&start, entry)| (start, entry))
+            .collect();
+        let offset = pick(lenders.len());
         let mut wanted = Vec::new();
-        for (&start, entry) in others[offset..].iter().chain(&others[..offset]).copied() {
-            if entry.node == node && entry.read {
-                continue;
-            }
+        for &(start, entry) in lenders[offset..].iter().chain(&lenders[..offset]) {
             if entry.read {
                 if let Some(address) = search(start, entry.cursor)? {
                     return Ok(Some(address));
                 }
-            } else if u128::from(entry.allocated)
-                < count_within(pool.allocatable(), block_range(version, start, prefix))
-                && wanted.len() < BORROW_READS
-            {
+            } else if wanted.len() < BORROW_READS {
                 wanted.push(entry.name.clone());
             }
         }

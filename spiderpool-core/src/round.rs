@@ -1852,7 +1852,14 @@ impl<E: Clone> Batch<E> {
                 }
                 self.retry(unsettled, Cause::Endpoint(pod))
             }
-            (None, None) => self.write_stores(decision),
+            (None, None) => {
+                // Should a block write be refused now, the next round reads these endpoints
+                // instead of creating them again, which would be refused too.
+                for write in &decision.early_endpoint_writes {
+                    self.snapshot.endpoint_wanted.insert(write.pod.clone());
+                }
+                self.write_stores(decision)
+            }
         }
     }
 
