@@ -281,9 +281,13 @@ pub async fn cluster_held(store: &ClusterStore, facts: &RuntimeFacts) -> Result<
     Ok(held.into_iter().map(|held| held.address).collect())
 }
 
-/// Whether the cluster can serve an ADD (STATUS): the API server answers and some pool is
-/// valid.
+/// Whether the cluster can serve an ADD (STATUS): an agent's watches have listed, the API
+/// server answers and some pool is valid.
 pub async fn cluster_ready(store: &ClusterStore) -> Result<(), Failure> {
+    let loading = store.loading();
+    if !loading.is_empty() {
+        return Err(Failure::Loading { loading });
+    }
     let pools: Pools = store.pools().await.map_err(api)?;
     if pools.catalog.pools().next().is_none() {
         return Err(Failure::NoPools {

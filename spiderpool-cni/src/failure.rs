@@ -73,6 +73,12 @@ pub enum Failure {
         /// Where pools come from: the fix.
         fix: &'static str,
     },
+    /// STATUS: the agent has just started and its watches have not listed everything yet.
+    #[error("the node agent is still loading its caches of {}", loading.join(", "))]
+    Loading {
+        /// The kinds not listed yet.
+        loading: Vec<&'static str>,
+    },
     /// STATUS: every pool is full.
     #[error("every IP pool is full")]
     AllFull,
@@ -116,7 +122,10 @@ impl Failure {
             Failure::AgentGarbled { .. } => codes::DECODING_FAILURE,
             Failure::Agent(error) => error.code,
             Failure::CheckMismatch { .. } => codes::CHECK_MISMATCH,
-            Failure::NoPools { .. } | Failure::AllFull | Failure::NotAvailable(_) => codes::NOT_AVAILABLE,
+            Failure::NoPools { .. }
+            | Failure::Loading { .. }
+            | Failure::AllFull
+            | Failure::NotAvailable(_) => codes::NOT_AVAILABLE,
             Failure::Io { .. } => codes::IO_FAILURE,
         }
     }
@@ -187,6 +196,11 @@ impl Failure {
                 )
             }
             Failure::NoPools { fix } => CniError::new(code, self.to_string(), *fix),
+            Failure::Loading { .. } => CniError::new(
+                code,
+                self.to_string(),
+                "try again in a moment; if it lasts, check the agent's log and its RBAC (list and watch)",
+            ),
             Failure::AllFull => CniError::new(code, self.to_string(), "release addresses or add pools"),
             Failure::NotAvailable(inner) => {
                 let inner = inner.render();

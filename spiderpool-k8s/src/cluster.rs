@@ -174,6 +174,12 @@ impl ClusterStore {
         self
     }
 
+    /// The kinds this store watches whose first list has not arrived yet (none when it does
+    /// not watch, [`ClusterStore::watching`]).
+    pub fn loading(&self) -> Vec<&'static str> {
+        self.watch.as_deref().map(NodeWatch::loading).unwrap_or_default()
+    }
+
     /// The same store with another retry budget.
     pub fn with_budget(mut self, budget: RetryBudget) -> ClusterStore {
         self.budget = budget;

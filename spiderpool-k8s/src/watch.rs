@@ -59,9 +59,14 @@ where
         Watched { store, ready }
     }
 
+    /// Whether its first list has arrived.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// The store, once its first list has arrived.
     pub fn store(&self) -> Option<&Store<K>> {
-        self.ready.load(Ordering::Acquire).then_some(&self.store)
+        self.is_ready().then_some(&self.store)
     }
 
     /// The object `name` (within `namespace`), when the store is ready and holds it.
@@ -118,6 +123,22 @@ impl NodeWatch {
 }
 
 impl NodeWatch {
+    /// The kinds whose first list has not arrived yet: until then the agent reads them from
+    /// the API server on every batch, and says it is not ready ([`crate::ClusterStore::loading`]).
+    pub fn loading(&self) -> Vec<&'static str> {
+        [
+            ("SpiderIPPools", self.pools.is_ready()),
+            ("SpiderReservedIPs", self.reserved.is_ready()),
+            ("namespaces", self.namespaces.is_ready()),
+            ("its node", self.nodes.is_ready()),
+            ("its pods", self.pods.is_ready()),
+            ("its SpiderIPBlocks", self.blocks.is_ready()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, ready)| (!ready).then_some(kind))
+        .collect()
+    }
+
     /// The pools and reserved addresses as the watches hold them, once both have listed.
     pub fn pools(&self) -> Option<Result<Pools, StatusStateError>> {
         let (pools, reserved) = (self.pools.store()?, self.reserved.store()?);

@@ -82,6 +82,20 @@ async fn a_watching_agent_and_a_borrower_share_a_block_without_duplicates() {
     let client = client(&config).await;
     let agent = ClusterStore::new(client.clone()).with_node(&mine).watching();
     let borrower = ClusterStore::new(client.clone()).with_node(&other);
+    assert!(
+        borrower.loading().is_empty(),
+        "a store that does not watch waits for nothing"
+    );
+    // An agent says it is not ready (STATUS) until each watch has listed.
+    let started = std::time::Instant::now();
+    while !agent.loading().is_empty() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the watches of {mine} never listed: {:?}",
+            agent.loading()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // The agent writes the block, the borrower writes the same block behind the agent's
     // watch and copy, one after the other with no pause: every address once.
     let mut addresses = BTreeSet::new();

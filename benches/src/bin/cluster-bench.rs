@@ -87,6 +87,10 @@ enum Mode {
     /// As deployed: a `spiderpool agent` process per node, and a `spiderpool` plugin process
     /// per ADD calling it over its socket, as a runtime does.
     Exec,
+    /// No IPAM: only the request every ADD makes whatever the design, the create of the pod's
+    /// `SpiderEndpoint` (Spiderpool's one object per pod), from one client, with the same
+    /// latency and concurrency. What is left of an ADD's time beyond it is the IPAM's own.
+    Floor,
 }
 
 fn main() -> ExitCode {
@@ -189,16 +193,26 @@ async fn run(args: &Args) -> Result<(), String> {
             }
             agents.push(agent);
         }
+        // As a runtime does (CNI STATUS) before it sends a node's first ADD: each agent's
+        // watches have listed.
+        for node in 0..args.nodes {
+            let socket = work.join(format!("node-{node}.sock"));
+            wait_until_ready(|| agent_status(&args.spiderpool, &socket)).await?;
+        }
     }
     let mut batchers = Vec::new();
     if args.mode == Mode::Agent {
+        let mut stores = Vec::new();
         for node in 0..args.nodes {
-            batchers.push(Batcher::spawn(
-                counters_store
-                    .with_client(client(&slow_file).await?)
-                    .with_node(format!("{id}-node-{node}"))
-                    .watching(),
-            ));
+            let store = counters_store
+                .with_client(client(&slow_file).await?)
+                .with_node(format!("{id}-node-{node}"))
+                .watching();
+            stores.push(store.clone());
+            batchers.push(Batcher::spawn(store));
+        }
+        for store in &stores {
+            wait_until_ready(|| async { store.loading().is_empty() }).await?;
         }
     }
     let phase = Phase {
@@ -469,6 +483,7 @@ impl Phase<'_> {
                         }
                     }
                     Mode::Exec => plugin_call(&binary, &socket, command, &request).await,
+                    Mode::Floor => endpoint_create(&store, node, command, &request).await,
                 };
                 (result, began.elapsed())
             });
@@ -477,6 +492,76 @@ impl Phase<'_> {
             finish(done);
         }
         (outcomes, latencies)
+    }
+}
+
+/// Waits until `ready` says so, for at most a minute.
+async fn wait_until_ready<F: std::future::Future<Output = bool>>(
+    ready: impl Fn() -> F,
+) -> Result<(), String> {
+    let started = Instant::now();
+    while !ready().await {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("an agent's watches did not list within a minute".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Whether the agent behind `socket` answers a CNI STATUS with success.
+async fn agent_status(binary: &std::path::Path, socket: &std::path::Path) -> bool {
+    use tokio::io::AsyncWriteExt as _;
+    let config = serde_json::json!({
+        "cniVersion": "1.1.0", "name": "bench", "type": "macvlan",
+        "ipam": {"type": "spiderpool", "agent_socket": socket}
+    });
+    let child = tokio::process::Command::new(binary)
+        .env_clear()
+        .env("CNI_COMMAND", "STATUS")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(config.to_string().as_bytes()).await;
+    }
+    child.wait().await.is_ok_and(|status| status.success())
+}
+
+/// The create (or, for a DEL, the delete) of the endpoint an ADD of `request` on node `node`
+/// commits, shaped as the agent writes it.
+async fn endpoint_create(
+    store: &ClusterStore,
+    node: usize,
+    command: Command,
+    request: &RuntimeFacts,
+) -> Result<Option<IpAddr>, String> {
+    let pod = request.pod.as_ref().expect("the bench names every pod");
+    let api: Api<spiderpool_k8s::SpiderEndpoint> = Api::namespaced(store.client().clone(), &pod.namespace);
+    if command == Command::Del {
+        return match api.delete(&pod.name, &Default::default()).await {
+            Ok(_) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        };
+    }
+    let spec = spiderpool_core::EndpointSpec {
+        uid: pod.uid.clone().unwrap_or_default(),
+        node: format!("node-{node}"),
+        container_id: request.container_id.clone(),
+        ips: vec![spiderpool_core::EndpointInterface {
+            interface: request.interface.clone(),
+            ipv4_pool: Some("floor".into()),
+            ipv4: Some("10.100.0.1/16".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let endpoint = spiderpool_k8s::SpiderEndpoint::new(&pod.name, spiderpool_k8s::SpiderEndpointSpec(spec));
+    match api.create(&Default::default(), &endpoint).await {
+        Ok(_) => Ok(None),
+        Err(error) => Err(error.to_string()),
     }
 }
 
