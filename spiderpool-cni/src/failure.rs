@@ -231,3 +231,27 @@ fn store_code(error: &StoreError) -> u32 {
         StoreError::NotADirectory { .. } => codes::INVALID_CONFIG,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_still_listing_is_not_available_and_says_what_it_waits_for() {
+        let failure = Failure::Loading {
+            loading: vec!["its pods", "its SpiderIPBlocks"],
+        };
+        let rendered = failure.render();
+        assert_eq!(rendered.code, codes::NOT_AVAILABLE);
+        assert_eq!(
+            rendered.msg,
+            "the node agent is still loading its caches of its pods, its SpiderIPBlocks"
+        );
+        assert!(
+            rendered
+                .details
+                .unwrap_or_default()
+                .contains("try again in a moment")
+        );
+    }
+}
