@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod cli;
 pub mod cni;
+pub mod coordinator;
 pub mod daemon;
 pub mod demo;
 pub mod failure;
