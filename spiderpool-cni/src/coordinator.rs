@@ -367,6 +367,26 @@ fn mac_prefix(text: Option<&str>) -> Result<Option<[u8; 2]>, ProtocolError> {
     Ok(Some(prefix))
 }
 
+/// The MAC of a pod's interface under `podMACPrefix`: the prefix, then the four bytes of its
+/// IPv4 address, or the last four of its IPv6 address (as Spiderpool derives it), so that a
+/// pod keeping its address keeps its MAC and the segment's switches their tables.
+///
+/// ```
+/// use spiderpool_cni::coordinator::pod_mac;
+/// let mac = pod_mac([0x0a, 0x1b], "10.6.168.60".parse().unwrap());
+/// assert_eq!(mac, [0x0a, 0x1b, 10, 6, 168, 60]);
+/// ```
+pub fn pod_mac(prefix: [u8; 2], address: IpAddr) -> [u8; 6] {
+    let tail = match address {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let octets = v6.octets();
+            [octets[12], octets[13], octets[14], octets[15]]
+        }
+    };
+    [prefix[0], prefix[1], tail[0], tail[1], tail[2], tail[3]]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +395,18 @@ mod tests {
     fn refused(entry: Value) -> String {
         let error = CoordinatorConfig::parse(&entry).unwrap_err();
         format!("{} / {}", error.msg, error.details)
+    }
+
+    #[test]
+    fn a_pods_mac_follows_its_address_in_either_family() {
+        let v6 = pod_mac([0x0a, 0x1b], "fd00:6::a8:3c".parse().unwrap());
+        assert_eq!(v6, [0x0a, 0x1b, 0x00, 0xa8, 0x00, 0x3c]);
+        let (one, other) = (
+            pod_mac([0x0a, 0x1b], "10.6.168.60".parse().unwrap()),
+            pod_mac([0x0a, 0x1b], "10.6.168.61".parse().unwrap()),
+        );
+        assert_ne!(one, other, "two addresses, two MACs");
+        assert_eq!(one[0] & 1, 0, "a unicast MAC");
     }
 
     #[test]
