@@ -672,8 +672,9 @@ impl IpamResult {
     }
 }
 
-/// The ADD result for `interface`: its addresses with their gateways, the pools' routes, and
-/// the default route through the gateway when the interface carries it.
+/// The ADD result for `interface`: its addresses with their gateways, the pod's routes (its
+/// annotation's), the pools' routes, and the default route through the gateway when the
+/// interface carries it; one route per destination, the first given.
 pub fn result_of(plan: &Plan, interface: &str) -> IpamResult {
     let mut result = IpamResult {
         ips: Vec::new(),
@@ -682,6 +683,11 @@ pub fn result_of(plan: &Plan, interface: &str) -> IpamResult {
     let Some(entry) = plan.interface(interface) else {
         return result;
     };
+    // The pod's own routes (its `ipam.spidernet.io/routes` annotation) before its pools'.
+    result.routes.extend(entry.routes.iter().map(|route| ResultRoute {
+        dst: route.dst,
+        gw: Some(route.gateway),
+    }));
     for assigned in &entry.addresses {
         result.ips.push(ResultAddress {
             address: assigned.address,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use spiderpool_check::kit::documents::pool;
 use spiderpool_check::kit::plugin::{
-    Allocation, Call, Fixture, IPPOOL, IPPOOLS, NODE_1, NODE_2, SEED_ANNOTATION, VERSIONS, addresses,
+    Allocation, Call, Fixture, IPPOOL, IPPOOLS, NODE_1, NODE_2, ROUTES, SEED_ANNOTATION, VERSIONS, addresses,
 };
 
 /// The newest version, which has GC and STATUS.
@@ -388,6 +388,35 @@ fn ippools_annotation_is_all_or_nothing() {
         .expect_error(100, "1.0.0", "ADD with an interface no pool can serve")
         .mentions(&["net1", "test-ippool-6", NODE_2], "the failing interface");
     assert_eq!(fixture.allocations(), vec![], "eth0 did not keep an address");
+}
+
+#[test]
+fn a_pods_routes_annotation_adds_its_routes_and_a_next_hop_off_the_subnet_is_refused() {
+    let fixture = Fixture::seed();
+    let routes = r#"[{"interface": "eth0", "dst": "172.16.0.0/12", "gw": "10.7.0.254"},
+                     {"interface": "net1", "dst": "192.168.0.0/16", "gw": "10.9.0.1"}]"#;
+    let config = fixture.config("1.0.0", NODE_2, &[(IPPOOL, SEED_ANNOTATION), (ROUTES, routes)]);
+    let result = Call::add("c1", "eth0")
+        .config(&config)
+        .run()
+        .expect_json("ADD with a routes annotation");
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "172.16.0.0/12", "gw": "10.7.0.254"}, {"dst": "0.0.0.0/0", "gw": "10.7.0.1"}]),
+        "eth0's route (net1's is net1's call's), then the pool's default route"
+    );
+
+    let off_link = r#"[{"interface": "eth0", "dst": "172.16.0.0/12", "gw": "10.6.0.1"}]"#;
+    let config = fixture.config("1.0.0", NODE_2, &[(IPPOOL, SEED_ANNOTATION), (ROUTES, off_link)]);
+    Call::add("c2", "eth0")
+        .config(&config)
+        .run()
+        .expect_error(7, "1.0.0", "ADD with a next hop in the other zone")
+        .mentions(
+            &["ipam.spidernet.io/routes", "gw 10.6.0.1", "10.7.0.0/16"],
+            "the annotation, the next hop and the interface's subnet",
+        );
+    assert_eq!(fixture.allocations().len(), 1, "the refused ADD kept no address");
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn refusal(error: AllocateError<StoreError>) -> Result<AllocateError, Failure> {
         AllocateError::State(error) => return Err(error.into()),
         AllocateError::Selection(error) => AllocateError::Selection(error),
         AllocateError::NoPoolAvailable(unavailable) => AllocateError::NoPoolAvailable(unavailable),
+        AllocateError::Routes(error) => AllocateError::Routes(error),
         AllocateError::HeldInMissingPool {
             who,
             interface,

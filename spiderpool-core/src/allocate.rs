@@ -4,7 +4,9 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::annotations::{POD_IPPOOLS, parse_pod_ippools};
+use crate::annotations::{
+    AnnotationError, POD_IPPOOLS, POD_ROUTES, ROUTES_EXAMPLE, invalid, parse_pod_ippools, parse_pod_routes,
+};
 use crate::block::BlockView;
 use crate::candidates::{
     self, CandidateSource, InterfaceSelection, PoolCandidate, Rejection, Selection, SelectionError, Trial,
@@ -54,6 +56,9 @@ pub struct InterfaceAddresses {
     pub addresses: Vec<AssignedAddress>,
     /// Whether the interface carries the pod's default route, through its pools' gateways.
     pub default_route: bool,
+    /// The routes the pod's `ipam.spidernet.io/routes` annotation gives the interface, each
+    /// through a next hop within one of its subnets.
+    pub routes: Vec<PoolRoute>,
 }
 
 /// What an allocation decided: the addresses per interface and the changes to write.
@@ -126,6 +131,10 @@ pub enum AllocateError<E = Infallible> {
         /// Why the pool is invalid.
         error: Box<InvalidObject>,
     },
+    /// The pod's routes annotation cannot be read, or names a next hop outside the subnets
+    /// of its interface: nothing is allocated.
+    #[error(transparent)]
+    Routes(AnnotationError),
     /// The allocation state could not be read: nothing was decided.
     #[error("reading the allocation state failed: {0}")]
     State(#[source] E),
@@ -409,6 +418,12 @@ struct Engine<'a, S: ?Sized> {
 
 impl<S: AllocationState + ?Sized> Engine<'_, S> {
     fn run(&self) -> (Vec<Trial>, Result<Plan, AllocateError<S::Error>>) {
+        let (trials, plan) = self.decide();
+        let plan = plan.and_then(|plan| with_pod_routes(plan, self.request).map_err(AllocateError::Routes));
+        (trials, plan)
+    }
+
+    fn decide(&self) -> (Vec<Trial>, Result<Plan, AllocateError<S::Error>>) {
         let held = match self.state.held_by(&self.request.owner()) {
             Ok(held) => held,
             Err(error) => return (Vec::new(), Err(AllocateError::State(error))),
@@ -490,6 +505,7 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
                 interface: selected.interface.clone(),
                 addresses,
                 default_route: selected.default_route,
+                routes: Vec::new(),
             });
         }
         if !failed.is_empty() {
@@ -682,8 +698,47 @@ impl<S: AllocationState + ?Sized> Engine<'_, S> {
             interface: selected.interface.clone(),
             addresses,
             default_route: selected.default_route,
+            routes: Vec::new(),
         })
     }
+}
+
+/// `plan` with the routes of the pod's `ipam.spidernet.io/routes` annotation on the interfaces
+/// it serves (a route for another interface is that interface's call's), each next hop
+/// checked to lie within a subnet of its interface's addresses.
+fn with_pod_routes(mut plan: Plan, request: &Request) -> Result<Plan, AnnotationError> {
+    let Some(value) = request.pod.annotations.get(POD_ROUTES) else {
+        return Ok(plan);
+    };
+    for route in parse_pod_routes(value)? {
+        let Some(entry) = plan
+            .interfaces
+            .iter_mut()
+            .find(|i| i.interface == route.interface)
+        else {
+            continue;
+        };
+        if !entry.addresses.iter().any(|a| a.subnet.contains(route.gw)) {
+            let subnets: Vec<String> = entry.addresses.iter().map(|a| a.subnet.to_string()).collect();
+            return Err(invalid(
+                POD_ROUTES,
+                value,
+                ROUTES_EXAMPLE,
+                format!(
+                    "gw {} of the route to {} is outside the subnets of {} ({}); give a next hop on the interface's subnet",
+                    route.gw,
+                    route.dst,
+                    route.interface,
+                    subnets.join(", ")
+                ),
+            ));
+        }
+        entry.routes.push(PoolRoute {
+            dst: route.dst,
+            gateway: route.gw,
+        });
+    }
+    Ok(plan)
 }
 
 fn assigned(pool: &Pool, address: IpAddr) -> AssignedAddress {

@@ -1,11 +1,20 @@
-//! The annotations that name candidate pools, on pods and namespaces.
+//! The annotations that name candidate pools, on pods and namespaces, and the routes a pod
+//! adds to its interfaces.
+
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::range::IpVersion;
+use crate::subnet::Subnet;
 
 /// Pod annotation naming the pools of the pod's interface: `{"ipv4": [..], "ipv6": [..]}`.
 pub const POD_IPPOOL: &str = "ipam.spidernet.io/ippool";
 /// Pod annotation naming pools per interface: `[{"interface": "eth0", "ipv4": [..], ..}, ..]`.
 pub const POD_IPPOOLS: &str = "ipam.spidernet.io/ippools";
+/// Pod annotation adding routes to the pod's interfaces:
+/// `[{"interface": "eth0", "dst": "10.0.0.0/16", "gw": "10.6.0.1"}, ..]`.
+pub const POD_ROUTES: &str = "ipam.spidernet.io/routes";
 /// Namespace annotation: JSON list of default IPv4 pools for the namespace's pods.
 pub const NAMESPACE_DEFAULT_IPV4: &str = "ipam.spidernet.io/default-ipv4-ippool";
 /// Namespace annotation: JSON list of default IPv6 pools for the namespace's pods.
@@ -70,8 +79,14 @@ const IPPOOL_EXAMPLE: &str = r#"{"ipv4": ["pool-a", "pool-b"], "ipv6": ["pool-c"
 const IPPOOLS_EXAMPLE: &str =
     r#"[{"interface": "eth0", "ipv4": ["pool-a"]}, {"interface": "net1", "ipv4": ["pool-b"]}]"#;
 const LIST_EXAMPLE: &str = r#"["pool-a", "pool-b"]"#;
+pub(crate) const ROUTES_EXAMPLE: &str = r#"[{"interface": "eth0", "dst": "10.0.0.0/16", "gw": "10.6.0.1"}]"#;
 
-fn invalid(annotation: &'static str, value: &str, example: &'static str, reason: String) -> AnnotationError {
+pub(crate) fn invalid(
+    annotation: &'static str,
+    value: &str,
+    example: &'static str,
+    reason: String,
+) -> AnnotationError {
     AnnotationError {
         annotation,
         value: value.into(),
@@ -201,4 +216,47 @@ mod tests {
         assert_eq!(entries[1].interface, "net1");
         assert!(entries[1].cleangateway && !entries[0].cleangateway);
     }
+}
+
+/// One route of [`POD_ROUTES`]: a destination reached through a next hop on one of the pod's
+/// interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRoute {
+    /// The interface the next hop is on.
+    pub interface: String,
+    /// The destination.
+    pub dst: Subnet,
+    /// The next hop: within a subnet of the interface's addresses (checked when the
+    /// interface's addresses are known).
+    pub gw: IpAddr,
+}
+
+/// Parses the value of [`POD_ROUTES`].
+///
+/// ```
+/// use spiderpool_core::annotations::parse_pod_routes;
+/// let routes = parse_pod_routes(r#"[{"interface": "eth0", "dst": "10.0.0.0/16", "gw": "10.6.0.1"}]"#).unwrap();
+/// assert_eq!(routes[0].dst.to_string(), "10.0.0.0/16");
+/// let refused = parse_pod_routes(r#"[{"interface": "eth0", "dst": "10.0.0.0/16", "gw": "fd00::1"}]"#);
+/// assert!(refused.unwrap_err().to_string().contains("route 0: gw fd00::1 is IPv6 and dst 10.0.0.0/16 IPv4"));
+/// ```
+pub fn parse_pod_routes(value: &str) -> Result<Vec<PodRoute>, AnnotationError> {
+    let fail = |reason| invalid(POD_ROUTES, value, ROUTES_EXAMPLE, reason);
+    let routes: Vec<PodRoute> = serde_json::from_str(value).map_err(|err| fail(err.to_string()))?;
+    for (index, route) in routes.iter().enumerate() {
+        if route.interface.is_empty() {
+            return Err(fail(format!(
+                "route {index}: interface is empty; name the pod's interface"
+            )));
+        }
+        let (gw, dst) = (IpVersion::of(route.gw), route.dst.version());
+        if gw != dst {
+            return Err(fail(format!(
+                "route {index}: gw {} is {gw} and dst {} {dst}; give a next hop of the destination's family",
+                route.gw, route.dst
+            )));
+        }
+    }
+    Ok(routes)
 }

@@ -57,6 +57,8 @@ pub const NODE_2: &str = "worker-node-1";
 pub const IPPOOL: &str = "ipam.spidernet.io/ippool";
 /// `ipam.spidernet.io/ippools`.
 pub const IPPOOLS: &str = "ipam.spidernet.io/ippools";
+/// `ipam.spidernet.io/routes`.
+pub const ROUTES: &str = "ipam.spidernet.io/routes";
 
 /// Every CNI specification version the plugin speaks, oldest first.
 pub const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
