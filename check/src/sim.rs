@@ -1927,6 +1927,8 @@ pub fn run(seed: u64) -> Result<Tally, Violation> {
 pub struct Cluster {
     server: Server,
     now: Duration,
+    /// Writes the server refused (a version that changed, an object that exists).
+    refused: u64,
 }
 
 impl Default for Cluster {
@@ -1941,6 +1943,7 @@ impl Cluster {
         Cluster {
             server: Server::new(),
             now: Duration::ZERO,
+            refused: 0,
         }
     }
 
@@ -1950,6 +1953,7 @@ impl Cluster {
         Cluster {
             server: Server::with(objects, nodes),
             now: Duration::ZERO,
+            refused: 0,
         }
     }
 
@@ -1957,6 +1961,11 @@ impl Cluster {
     /// server whose watch cache lags behind does.
     pub fn freeze_block_lists(&mut self) {
         self.server.lagging_index = Some(self.server.pool_index.clone());
+    }
+
+    /// How many writes the server has refused so far.
+    pub fn refused_writes(&self) -> u64 {
+        self.refused
     }
 
     /// The spec of block `name`, when it exists.
@@ -2069,11 +2078,13 @@ impl Cluster {
                 Step::WritePool(write) => {
                     let write = write.clone();
                     let done = self.server.write_pool(&write);
+                    self.refused += u64::from(!done);
                     batch.pool_written(if done { Written::Done } else { Written::Conflict });
                 }
                 Step::WriteBlock(write) => {
                     let write = write.clone();
                     let done = self.server.write_block(&write);
+                    self.refused += u64::from(!done);
                     batch.pool_written(if done { Written::Done } else { Written::Conflict });
                 }
                 Step::WriteEndpoints(writes) => {
@@ -2082,7 +2093,10 @@ impl Cluster {
                         .iter()
                         .map(|write| match self.server.write_endpoint(write) {
                             true => Written::Done,
-                            false => Written::Conflict,
+                            false => {
+                                self.refused += 1;
+                                Written::Conflict
+                            }
                         })
                         .collect();
                     batch.endpoints_written(results);

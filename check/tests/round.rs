@@ -259,6 +259,11 @@ fn a_claim_refused_on_a_lagging_list_reads_that_block_and_claims_another() {
     // block: the next round reads it there, and claims the next.
     assert_eq!(add(&mut cluster, "p2", "s"), ["a4 10.1.0.13"]);
     assert_eq!(cluster.block("a4-10-1-0-12-30").unwrap().node, "n2");
+    assert_eq!(
+        cluster.refused_writes(),
+        1,
+        "only the claim was refused: the retry read the endpoint it had created, not created it again"
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use spiderpool_core::Subnet;
 
-use crate::cni::ProtocolError;
+use crate::cni::{ProtocolError, check_interface_name};
 
 /// How the coordinator ties the pod's interfaces to its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,21 +229,13 @@ fn mode(text: Option<&str>) -> Result<CoordinatorMode, ProtocolError> {
     })
 }
 
-/// A Linux interface name: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
+/// An interface name as [`check_interface_name`] allows it; absent or empty is none.
 fn interface_name(key: &str, name: Option<String>) -> Result<Option<String>, ProtocolError> {
     let Some(name) = name.filter(|name| !name.is_empty()) else {
         return Ok(None);
     };
-    let valid = name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
-    if !valid {
-        return Err(ProtocolError::config(
-            format!("{key}: {name:?} is not an interface name"),
-            "write a name of at most 15 characters without '/', ':' or spaces, such as eth0 or net1",
-        ));
-    }
+    // A key of the configuration, not the runtime's environment: code 7.
+    check_interface_name(key, &name).map_err(|error| ProtocolError::config(error.msg, error.details))?;
     Ok(Some(name))
 }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::annotations::{
-    AnnotationError, POD_IPPOOLS, POD_ROUTES, ROUTES_EXAMPLE, invalid, parse_pod_ippools, parse_pod_routes,
+    AnnotationError, POD_IPPOOLS, POD_ROUTES, parse_pod_ippools, parse_pod_routes, route_off_link,
 };
 use crate::block::BlockView;
 use crate::candidates::{
@@ -719,19 +719,8 @@ fn with_pod_routes(mut plan: Plan, request: &Request) -> Result<Plan, Annotation
             continue;
         };
         if !entry.addresses.iter().any(|a| a.subnet.contains(route.gw)) {
-            let subnets: Vec<String> = entry.addresses.iter().map(|a| a.subnet.to_string()).collect();
-            return Err(invalid(
-                POD_ROUTES,
-                value,
-                ROUTES_EXAMPLE,
-                format!(
-                    "gw {} of the route to {} is outside the subnets of {} ({}); give a next hop on the interface's subnet",
-                    route.gw,
-                    route.dst,
-                    route.interface,
-                    subnets.join(", ")
-                ),
-            ));
+            let subnets: Vec<Subnet> = entry.addresses.iter().map(|a| a.subnet).collect();
+            return Err(route_off_link(value, &route, &subnets));
         }
         entry.routes.push(PoolRoute {
             dst: route.dst,

@@ -79,14 +79,9 @@ const IPPOOL_EXAMPLE: &str = r#"{"ipv4": ["pool-a", "pool-b"], "ipv6": ["pool-c"
 const IPPOOLS_EXAMPLE: &str =
     r#"[{"interface": "eth0", "ipv4": ["pool-a"]}, {"interface": "net1", "ipv4": ["pool-b"]}]"#;
 const LIST_EXAMPLE: &str = r#"["pool-a", "pool-b"]"#;
-pub(crate) const ROUTES_EXAMPLE: &str = r#"[{"interface": "eth0", "dst": "10.0.0.0/16", "gw": "10.6.0.1"}]"#;
+const ROUTES_EXAMPLE: &str = r#"[{"interface": "eth0", "dst": "10.0.0.0/16", "gw": "10.6.0.1"}]"#;
 
-pub(crate) fn invalid(
-    annotation: &'static str,
-    value: &str,
-    example: &'static str,
-    reason: String,
-) -> AnnotationError {
+fn invalid(annotation: &'static str, value: &str, example: &'static str, reason: String) -> AnnotationError {
     AnnotationError {
         annotation,
         value: value.into(),
@@ -175,49 +170,6 @@ pub fn parse_pool_list(annotation: &'static str, value: &str) -> Result<Vec<Stri
     Ok(names)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_seed_annotation_with_its_line_breaks_parses() {
-        let value = "{\n  \"ipv4\": [\"test-ippool-6\", \"test-ippool-7\"]\n}";
-        let parsed = PodIppool::parse(value).unwrap();
-        assert_eq!(parsed.ipv4, ["test-ippool-6", "test-ippool-7"]);
-    }
-
-    #[test]
-    fn bad_ippool_values_name_the_annotation_and_the_cause() {
-        let err = PodIppool::parse(r#"{"ipv4": "test-ippool-6"}"#).unwrap_err();
-        assert_eq!(err.annotation, POD_IPPOOL);
-        assert!(err.reason.contains("invalid type: string"), "{err}");
-        assert!(
-            err.to_string()
-                .ends_with(r#"expected for example {"ipv4": ["pool-a", "pool-b"], "ipv6": ["pool-c"]}"#)
-        );
-        let err = PodIppool::parse(r#"{"ipv4s": ["a"]}"#).unwrap_err();
-        assert!(err.reason.contains("unknown field `ipv4s`"), "{err}");
-        let err = PodIppool::parse(r#"{"ipv4": ["a", ""]}"#).unwrap_err();
-        assert_eq!(err.reason, "ipv4[1] is an empty pool name");
-    }
-
-    #[test]
-    fn ippools_entries_are_checked_as_a_whole() {
-        let reason = |value: &str| parse_pod_ippools(value).unwrap_err().reason;
-        assert_eq!(reason("[]"), "the list is empty; give at least one interface");
-        assert_eq!(
-            reason(r#"[{"interface": "eth0", "ipv4": ["a"]}, {"interface": "eth0", "ipv4": ["b"]}]"#),
-            "interface eth0 is listed twice"
-        );
-        let entries = parse_pod_ippools(
-            r#"[{"interface": "eth0", "ipv4": ["a"]}, {"interface": "net1", "ipv6": ["b"], "cleangateway": true}]"#,
-        )
-        .unwrap();
-        assert_eq!(entries[1].interface, "net1");
-        assert!(entries[1].cleangateway && !entries[0].cleangateway);
-    }
-}
-
 /// One route of [`POD_ROUTES`]: a destination reached through a next hop on one of the pod's
 /// interfaces.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -259,4 +211,65 @@ pub fn parse_pod_routes(value: &str) -> Result<Vec<PodRoute>, AnnotationError> {
         }
     }
     Ok(routes)
+}
+
+/// The refusal of a route of the [`POD_ROUTES`] annotation `value` whose next hop lies outside
+/// `subnets`, those of its interface's addresses.
+pub(crate) fn route_off_link(value: &str, route: &PodRoute, subnets: &[Subnet]) -> AnnotationError {
+    let subnets: Vec<String> = subnets.iter().map(Subnet::to_string).collect();
+    invalid(
+        POD_ROUTES,
+        value,
+        ROUTES_EXAMPLE,
+        format!(
+            "gw {} of the route to {} is outside the subnets of {} ({}); give a next hop on the interface's subnet",
+            route.gw,
+            route.dst,
+            route.interface,
+            subnets.join(", ")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_annotation_with_its_line_breaks_parses() {
+        let value = "{\n  \"ipv4\": [\"test-ippool-6\", \"test-ippool-7\"]\n}";
+        let parsed = PodIppool::parse(value).unwrap();
+        assert_eq!(parsed.ipv4, ["test-ippool-6", "test-ippool-7"]);
+    }
+
+    #[test]
+    fn bad_ippool_values_name_the_annotation_and_the_cause() {
+        let err = PodIppool::parse(r#"{"ipv4": "test-ippool-6"}"#).unwrap_err();
+        assert_eq!(err.annotation, POD_IPPOOL);
+        assert!(err.reason.contains("invalid type: string"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with(r#"expected for example {"ipv4": ["pool-a", "pool-b"], "ipv6": ["pool-c"]}"#)
+        );
+        let err = PodIppool::parse(r#"{"ipv4s": ["a"]}"#).unwrap_err();
+        assert!(err.reason.contains("unknown field `ipv4s`"), "{err}");
+        let err = PodIppool::parse(r#"{"ipv4": ["a", ""]}"#).unwrap_err();
+        assert_eq!(err.reason, "ipv4[1] is an empty pool name");
+    }
+
+    #[test]
+    fn ippools_entries_are_checked_as_a_whole() {
+        let reason = |value: &str| parse_pod_ippools(value).unwrap_err().reason;
+        assert_eq!(reason("[]"), "the list is empty; give at least one interface");
+        assert_eq!(
+            reason(r#"[{"interface": "eth0", "ipv4": ["a"]}, {"interface": "eth0", "ipv4": ["b"]}]"#),
+            "interface eth0 is listed twice"
+        );
+        let entries = parse_pod_ippools(
+            r#"[{"interface": "eth0", "ipv4": ["a"]}, {"interface": "net1", "ipv6": ["b"], "cleangateway": true}]"#,
+        )
+        .unwrap();
+        assert_eq!(entries[1].interface, "net1");
+        assert!(entries[1].cleangateway && !entries[0].cleangateway);
+    }
 }
